@@ -73,6 +73,7 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
             json.dump(_clean(data), handle, default=_json_default, indent=2)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -140,6 +141,7 @@ def repair_jsonl(path: Path, keep: Any = None) -> int:
         handle.writelines(kept)
         handle.flush()
         os.fsync(handle.fileno())
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
     return len(kept)
 

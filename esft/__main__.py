@@ -1,0 +1,3 @@
+from esft.cli import main
+
+main()

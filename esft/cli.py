@@ -1,0 +1,65 @@
+"""The `esft` command. Typer parses; training is handed to Hydra untouched, reporting to esft.report.
+
+`esft train ARGS` rewrites sys.argv to `[esft, *ARGS]` and calls a `hydra.main`-decorated function, so every
+Hydra feature works as documented: `key=value` overrides, `-m` sweeps and launchers, `--cfg job`,
+`hydra.run.dir=`. Typer must neither parse nor reject those arguments, hence the context settings below.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Continual fine-tuning of LLMs with Evolution Strategies and Anchored Weight Decay.")
+
+_PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+@app.command(context_settings=_PASSTHROUGH)
+def train(ctx: typer.Context) -> None:
+    """Run a curriculum: `esft train KEY=VALUE... [-m] [--cfg job]` (Hydra overrides; see README)."""
+    from esft.hydra_app import run_hydra
+
+    if any(arg in ("-h", "--help") for arg in ctx.args):
+        typer.echo(ctx.get_help())
+        typer.echo("\nAll arguments are Hydra overrides, e.g. `esft train task=reverse awd.lambda=0`, "
+                   "`esft train -m awd.lambda=0,1`, `esft train --cfg job`; Hydra's own help: --hydra-help.")
+        raise typer.Exit(0)
+    run_hydra(list(ctx.args))
+
+
+@app.command("drift-report")
+def drift_report(
+    paths: list[str] = typer.Argument(..., help="Run dirs, multirun sweep roots or globs."),
+    out: Optional[str] = typer.Option(None, "--out", help="Output dir (default: drift-report/ beside the first path)."),
+    group_by: Optional[list[str]] = typer.Option(None, "--group-by", help="Config key(s) to group runs by."),
+    task: Optional[str] = typer.Option(None, "--task", help="Only report this prior task."),
+    fmt: str = typer.Option("table", "--format", help="table | json | csv"),
+) -> None:
+    """Tables, plots and a report of prior-task drift from finished (or running) runs."""
+    from rich.console import Console
+
+    from esft.report.command import drift_report as run_report
+
+    raise typer.Exit(run_report(paths, out, group_by, task, fmt, Console()))
+
+
+@app.command()
+def tasks() -> None:
+    """List the available task names."""
+    from esft.tasks.registry import available
+
+    for name in available():
+        typer.echo(name)
+
+
+def main() -> None:  # python -m esft
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

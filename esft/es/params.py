@@ -1,0 +1,110 @@
+"""fp32 master weights, the anchor theta0, and the bridge to the model's own tensors.
+
+ES updates are tiny (alpha/sqrt(N) per coordinate, ~1e-4 in the papers) and in bf16 a perturb-then-restore
+cycle leaves an error of the same order (anchors-code.md, pitfall 2). So the truth lives in one flat fp32
+vector `master`; the model's tensors are only ever *written from* it (theta + sigma*eps for a member, theta
+to restore), never updated in place in low precision. With an fp32 model on the same device the model's
+parameters become views of one working buffer, so loading a member is a single fused add.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+
+
+def layer_of(name: str) -> str:
+    """Group a parameter name into a layer label: `layers.3` for transformer blocks, else its module."""
+    match = _LAYER.search(name)
+    if match:
+        return f"layers.{int(match.group(1)):02d}"
+    parts = name.split(".")
+    return ".".join(parts[:-1][-1:]) or parts[0]
+
+
+class FlatParams:
+    """All trainable parameters of a model as one fp32 vector, plus the anchor theta0."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # tied weights once
+        self.names = [n for n, _ in self.named]
+        self.shapes = [tuple(p.shape) for _, p in self.named]
+        self.sizes = [p.numel() for _, p in self.named]
+        self.numel = sum(self.sizes)
+        first = self.named[0][1]
+        self.device = first.device
+        with torch.no_grad():
+            self.master = torch.cat([p.detach().reshape(-1).float() for _, p in self.named]).to(self.device)
+        self.theta0 = self.master.clone()
+        self._aliased = all(p.dtype == torch.float32 and p.device == self.device for _, p in self.named)
+        self.work = self.master.clone() if self._aliased else None
+        if self._aliased:
+            self._alias_model_to_work()
+
+    def _alias_model_to_work(self) -> None:
+        offset = 0
+        for (_, param), size, shape in zip(self.named, self.sizes, self.shapes):
+            param.data = self.work[offset:offset + size].view(shape)
+            offset += size
+
+    def slices(self):
+        offset = 0
+        for name, size in zip(self.names, self.sizes):
+            yield name, slice(offset, offset + size)
+            offset += size
+
+    @torch.no_grad()
+    def load(self, vector: torch.Tensor) -> None:
+        """Make the model compute with `vector` (cast to the model's dtype per tensor when not fp32)."""
+        if self._aliased:
+            self.work.copy_(vector)
+            return
+        for (_, param), (_, part) in zip(self.named, self.slices()):
+            param.copy_(vector[part].view(param.shape))
+
+    @torch.no_grad()
+    def load_perturbed(self, noise: torch.Tensor, scale: float) -> None:
+        """Load master + scale * noise without touching master (the exact-restore evaluation path)."""
+        if self._aliased:
+            torch.add(self.master, noise, alpha=scale, out=self.work)
+            return
+        self.load(self.master + scale * noise)
+
+    def restore(self) -> None:
+        self.load(self.master)
+
+    def distance(self, reference: torch.Tensor | None = None) -> float:
+        """|theta - theta0| (L2 over all parameters), the drift the papers track."""
+        reference = self.theta0 if reference is None else reference
+        return float(torch.linalg.vector_norm(self.master - reference))
+
+    def layer_distances(self) -> dict[str, float]:
+        squared: OrderedDict[str, float] = OrderedDict()
+        delta = self.master - self.theta0
+        for name, part in self.slices():
+            label = layer_of(name)
+            squared[label] = squared.get(label, 0.0) + float(delta[part].square().sum())
+        return {label: value ** 0.5 for label, value in squared.items()}
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {"master": self.master.detach().cpu().contiguous()}
+
+    def checksum(self, vector: torch.Tensor | None = None) -> str:
+        vector = self.theta0 if vector is None else vector
+        return hashlib.sha256(vector.detach().cpu().numpy().tobytes()).hexdigest()[:16]
+
+    @torch.no_grad()
+    def release_model(self) -> None:
+        """Give every model tensor its own storage holding master (needed before save_pretrained: safetensors
+        refuses tensors that share one buffer)."""
+        for (_, param), (_, part) in zip(self.named, self.slices()):
+            param.data = self.master[part].view(param.shape).to(param.dtype).clone()
+        self._aliased = False
+        self.work = None

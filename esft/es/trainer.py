@@ -1,0 +1,142 @@
+"""The ES trainer behind the experiment's Trainer seam: `set_stage`, `step`, `state_dict`, `load_state_dict`.
+
+One step (DESIGN.md section 1): ask seeds -> evaluate the population on M fresh training prompts shared by
+all members -> shape fitness -> update from the (cached or regenerated) noise -> AWD pull toward the anchor
+-> log the step's seeds and coefficients to the replay log. Prompts of step t are drawn from a generator
+keyed by (seed, t), so a resumed run draws exactly what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from esft.es.awd import apply_awd, validate_awd
+from esft.es.noise import NoiseGenerator
+from esft.es.params import FlatParams
+from esft.es.population import build_evaluator
+from esft.es.strategy import ESSettings, accumulate_update, apply_update, ask, tell
+from esft.evaluation import score_examples
+from esft.policy import Policy
+from esft.tasks.base import Task
+
+
+def sample_indices(seed: int, step: int, population: int, count: int | None) -> np.ndarray:
+    """The training prompts of one step: counter-based, so independent of how the run got here."""
+    if count is None or count >= population:
+        return np.arange(population)
+    return np.random.default_rng([int(seed), int(step), 7919]).choice(population, size=int(count), replace=False)
+
+
+class ESTrainer:
+    """Evolution Strategies with Anchored Weight Decay on fp32 master weights."""
+
+    name = "es"
+
+    def __init__(self, policy: Policy, es_cfg: Mapping[str, Any], awd_cfg: Mapping[str, Any], seed: int,
+                 replay_log: Callable[[dict], None], batch_size: int = 256) -> None:
+        self.settings = ESSettings(int(es_cfg["population_size"]), float(es_cfg["sigma"]), float(es_cfg["alpha"]),
+                                   bool(es_cfg["antithetic"]), str(es_cfg.get("shaping", "zscore")))
+        self.settings.validate()
+        self.awd_kind, self.awd_lambda = str(awd_cfg["kind"]), float(awd_cfg["lambda"])
+        self.awd_anchor = str(awd_cfg.get("anchor", "start"))
+        validate_awd(self.awd_kind, self.awd_lambda, self.settings.alpha, self.awd_anchor)
+        self.policy = policy
+        self.params = FlatParams(policy.model)
+        self.noise = NoiseGenerator(self.params.sizes, self.params.shapes, str(es_cfg.get("noise", "iid")))
+        self.population = build_evaluator(str(es_cfg.get("evaluator", "inplace")), self.params, self.noise,
+                                          self.settings, bool(es_cfg.get("cache_noise", True)))
+        self.prompts_per_step = es_cfg.get("prompts_per_step")
+        self.seed = int(seed)
+        self.replay_log = replay_log
+        self.batch_size = batch_size
+        self.anchor = self.params.theta0
+        self.stage = -1
+        self.task: Task | None = None
+
+    @property
+    def num_parameters(self) -> int:
+        return self.params.numel
+
+    def set_stage(self, stage: int, task: Task) -> None:
+        """Train `task` from now on; with awd.anchor=stage the current weights become the anchor."""
+        if stage != self.stage and self.awd_anchor == "stage":
+            self.anchor = self.params.master.clone()
+        self.stage, self.task = stage, task
+
+    def step(self, step: int) -> dict[str, Any]:
+        assert self.task is not None, "set_stage() must be called before step()"
+        started = time.perf_counter()
+        counts_before = (self.policy.counts.forward, self.policy.counts.generated)
+        train = self.task.train_examples()
+        chosen = [train[i] for i in sample_indices(self.seed, step, len(train), self.prompts_per_step)]
+        seeds = ask(self.seed, step, self.settings)
+        fitness = lambda: float(score_examples(self.policy, self.task, chosen, self.batch_size).reward.mean())
+        rewards, cache = self.population.evaluate(seeds, fitness)
+        told = tell(rewards, self.settings)
+        update_norm = 0.0
+        if told.coefficients is not None:
+            noise_of = (lambda d: cache[d]) if cache else (lambda d: self.noise.flat(seeds[d]).to(self.params.device))
+            direction = accumulate_update(told.coefficients, noise_of, self.params.numel, self.params.device)
+            before = self.params.master.clone()
+            apply_update(self.params.master, direction, self.settings)
+            apply_awd(self.params.master, self.anchor, self.awd_kind, self.settings.alpha * self.awd_lambda)
+            update_norm = float(torch.linalg.vector_norm(self.params.master - before))
+            self.params.restore()
+        self.replay_log(self._replay_row(step, seeds, told.coefficients))
+        return self._metrics(step, told, update_norm, started, counts_before, len(chosen))
+
+    def _replay_row(self, step: int, seeds: list[int], coefficients: list[float] | None) -> dict[str, Any]:
+        s = self.settings
+        return {"step": step, "stage": self.stage, "task": self.task.name, "seeds": seeds,
+                "coefficients": coefficients, "population_size": s.population_size, "sigma": s.sigma,
+                "alpha": s.alpha, "antithetic": s.antithetic, "awd_kind": self.awd_kind,
+                "awd_lambda": self.awd_lambda, "awd_anchor": self.awd_anchor}
+
+    def _metrics(self, step: int, told, update_norm: float, started: float, counts_before: tuple[int, int],
+                 prompts: int) -> dict[str, Any]:
+        r = told.rewards
+        return {
+            "step": step, "stage": self.stage, "task": self.task.name,
+            "reward_mean": float(r.mean()), "reward_std": float(r.std()),
+            "reward_min": float(r.min()), "reward_max": float(r.max()),
+            "theta_dist": self.params.distance(), "update_norm": update_norm,
+            "skipped": told.coefficients is None, "skip_reason": told.reason or None,
+            "nonfinite_rewards": told.nonfinite,
+            "population_evals": self.settings.population_size, "prompts": prompts,
+            "forward_tokens": self.policy.counts.forward - counts_before[0],
+            "generated_tokens": self.policy.counts.generated - counts_before[1],
+            "backward_tokens": 0,
+            "seconds": round(time.perf_counter() - started, 4),
+        }
+
+    # -- checkpoints -----------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        state = {"master": self.params.master.detach().cpu().clone()}
+        if self.awd_anchor == "stage":
+            state["anchor"] = self.anchor.detach().cpu().clone()
+        return state
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor], stage: int) -> None:
+        master = state["master"]
+        if master.numel() != self.params.numel:
+            raise ValueError(f"checkpoint has {master.numel()} parameters, the model {self.params.numel}")
+        self.params.master.copy_(master.to(self.params.device))
+        self.stage = stage
+        if self.awd_anchor == "stage" and "anchor" in state:
+            self.anchor = state["anchor"].to(self.params.device).clone()
+        self.params.restore()
+
+    def finalize(self) -> None:
+        """Detach the model from the working buffer so it can be saved with save_pretrained."""
+        self.params.release_model()
+
+    def diagnostics(self, layer_distances: bool) -> dict[str, Any]:
+        row: dict[str, Any] = {"theta_dist": self.params.distance()}
+        if layer_distances:
+            row["layers"] = self.params.layer_distances()
+        return row

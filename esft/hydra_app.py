@@ -1,0 +1,49 @@
+"""The ten-line bridge between the CLI and Hydra (lightning-hydra-template style).
+
+`run_hydra` hands the raw arguments to `hydra.main`; `train_job` is what Hydra runs for each job. A user error
+(EsftError) becomes one line on stderr, a failed status.json and exit code 2; in a multirun the failed job is
+recorded and the sweep continues.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from esft.errors import EsftError
+
+log = logging.getLogger("esft")
+
+
+def conf_dir() -> Path:
+    """The shipped configs: esft/conf inside a wheel, the repository's conf/ in a source checkout."""
+    packaged = Path(__file__).resolve().parent / "conf"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / "conf"
+
+
+def train_job(cfg: DictConfig) -> None:
+    from esft.experiment import Experiment
+
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    try:
+        Experiment(cfg, run_dir).run_all()
+        log.info("run dir: %s", run_dir)
+    except EsftError as exc:
+        print(f"esft: error: {exc}", file=sys.stderr)
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            sys.exit(2)
+
+
+def run_hydra(args: list[str]) -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # save_pretrained's shard bar would clutter logs and the live display
+    sys.argv = [sys.argv[0], *args]
+    hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")(train_job)()

@@ -1,0 +1,194 @@
+"""The Policy seam: one model + tokenizer, and the only two ways anything in esft runs it.
+
+- `generate(prompts)`: batched greedy decoding with left padding and the KV cache (`model.generate`),
+  completion-only decoding (the prompt is never part of what a reward sees; the reference HF path scored
+  prompt + completion, anchors-code.md pitfall 1), cut at the task's stop strings.
+- `exact_match(prompts, answers)`: for exact-answer tasks, one teacher-forced forward decides what greedy
+  decoding would produce: the greedy completion equals the target iff the argmax at every answer position is
+  the target token (and, when the budget allows more tokens, the next argmax is EOS).
+
+Models come from the built-in tiny default (`model.name=tiny`), a Hugging Face hub id or a local directory.
+The chat template is applied when the tokenizer has one (switch: `model.chat_template`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from esft.errors import EsftError
+
+log = logging.getLogger("esft")
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise EsftError(f"model.device={name} but no CUDA device is available; use model.device=cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise EsftError(f"unknown model.dtype '{name}'; use float32, bfloat16 or float16")
+    return DTYPES[name]
+
+
+@dataclass
+class TokenCounts:
+    forward: int = 0
+    generated: int = 0
+
+
+def _load_hf(name: str, dtype: torch.dtype) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(name).expanduser()
+    if path.exists() and path.is_dir():
+        has_weights = any(path.glob("*.safetensors")) or any(path.glob("*.bin"))
+        if not has_weights:
+            raise EsftError(f"model directory '{name}' holds no weights (*.safetensors); "
+                            "save one with save_pretrained or pass a Hugging Face model id")
+    elif path.exists():
+        raise EsftError(f"model.name '{name}' is a file; pass a directory saved with save_pretrained or a hub id")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, use_safetensors=True)
+    except OSError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EsftError(f"cannot load model '{name}': {first} (offline? pass a local directory)") from None
+    return model, tokenizer
+
+
+class Policy:
+    """Owns the model and tokenizer; every rollout and every score goes through here."""
+
+    def __init__(self, model: Any, tokenizer: Any, device: torch.device, use_chat_template: bool) -> None:
+        self.model = model.to(device).eval()
+        self.tokenizer = tokenizer
+        self.device = device
+        self.use_chat_template = use_chat_template
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = "left"
+        self.counts = TokenCounts()
+
+    @classmethod
+    def from_config(cls, model_cfg: Mapping[str, Any], log_fn: Callable[[str], None] = log.info) -> "Policy":
+        name = str(model_cfg["name"])
+        device = resolve_device(str(model_cfg.get("device", "cpu")))
+        dtype = resolve_dtype(str(model_cfg.get("dtype", "float32")))
+        if name == "tiny":
+            from esft.models.warmup import load_or_build_tiny
+
+            model, tokenizer, _ = load_or_build_tiny(model_cfg, log=log_fn)
+            model = model.to(dtype)
+        else:
+            model, tokenizer = _load_hf(name, dtype)
+        setting = model_cfg.get("chat_template", "auto")
+        has_template = bool(getattr(tokenizer, "chat_template", None))
+        if setting is True and not has_template:
+            raise EsftError(f"model.chat_template=true but the tokenizer of '{name}' has no chat template")
+        use_template = has_template if setting in ("auto", None) else bool(setting)
+        return cls(model, tokenizer, device, use_template)
+
+    # -- prompts ---------------------------------------------------------------------------------------
+    def format_prompt(self, text: str) -> str:
+        if not self.use_chat_template:
+            return text
+        messages = [{"role": "user", "content": text}]
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _encode_prompt(self, text: str) -> list[int]:
+        # A chat template already carries BOS; raw prompts get the tokenizer's own specials (e.g. Llama's BOS).
+        return self.tokenizer(self.format_prompt(text), add_special_tokens=not self.use_chat_template)["input_ids"]
+
+    def _left_pad(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            if row:
+                ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+                mask[i, width - len(row):] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    # -- scoring ---------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def exact_match(self, prompts: Sequence[str], answers: Sequence[str], max_new_tokens: int,
+                    batch_size: int = 256) -> torch.Tensor:
+        """Bool per prompt: would greedy decoding (max_new_tokens) produce exactly `answer`? One forward."""
+        eos = self.tokenizer.eos_token_id
+        results = []
+        for start in range(0, len(prompts), batch_size):
+            rows, targets = [], []
+            for prompt, answer in zip(prompts[start:start + batch_size], answers[start:start + batch_size]):
+                target = self._encode(answer)
+                if len(target) > max_new_tokens:
+                    target = []  # cannot be produced within the budget: scored wrong below
+                elif len(target) < max_new_tokens and eos is not None:
+                    target = target + [eos]  # greedy must also stop right there
+                rows.append(self._encode_prompt(prompt) + target)
+                targets.append(target)
+            results.append(self._teacher_forced_match(rows, targets))
+        return torch.cat(results) if results else torch.zeros(0, dtype=torch.bool)
+
+    def _teacher_forced_match(self, rows: list[list[int]], targets: list[list[int]]) -> torch.Tensor:
+        ids, mask = self._left_pad(rows)
+        keep = max(len(t) for t in targets) + 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                            logits_to_keep=keep).logits
+        self.counts.forward += int(mask.sum())
+        predicted = logits[:, :-1].argmax(-1)  # predictions for the last keep-1 tokens
+        actual = ids[:, -(keep - 1):] if keep > 1 else ids[:, :0]
+        matches = torch.zeros(len(rows), dtype=torch.bool)
+        for i, target in enumerate(targets):
+            if not target:
+                continue
+            n = len(target)
+            matches[i] = bool((predicted[i, -n:] == actual[i, -n:]).all())
+        return matches
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = (),
+                 batch_size: int = 64) -> list[str]:
+        """Greedy completions (completion text only), truncated just after the first stop string."""
+        completions: list[str] = []
+        pad, eos = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
+        for start in range(0, len(prompts), batch_size):
+            rows = [self._encode_prompt(p) for p in prompts[start:start + batch_size]]
+            ids, mask = self._left_pad(rows)
+            out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                      do_sample=False, pad_token_id=pad, eos_token_id=eos,
+                                      stop_strings=list(stop) or None, tokenizer=self.tokenizer if stop else None)
+            new = out[:, ids.shape[1]:]
+            generated = int((new != pad).sum()) if pad is not None else new.numel()
+            self.counts.generated += generated
+            self.counts.forward += int(mask.sum()) + generated
+            for text in self.tokenizer.batch_decode(new, skip_special_tokens=True):
+                completions.append(_cut_at_stop(text, stop))
+        return completions
+
+
+def _cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """Truncate after the first stop string; the stop string is kept (format rewards check closing tags)."""
+    cut = len(text)
+    for marker in stop:
+        index = text.find(marker)
+        if index != -1:
+            cut = min(cut, index + len(marker))
+    return text[:cut]

@@ -1,0 +1,58 @@
+"""Shared fixtures: tiny models built in memory (no hub, no warm-up) and toy tasks with graded rewards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from esft.models.tiny import build_model, build_tokenizer
+from esft.policy import Policy
+from esft.tasks.base import Example, Task
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
+
+MICRO = {"architecture": "qwen2", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+         "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 64, "init_seed": 0}
+
+
+def micro_policy(seed: int = 0) -> Policy:
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer()
+    model = build_model({**MICRO, "init_seed": seed}, len(tokenizer))
+    return Policy(model, tokenizer, torch.device("cpu"), use_chat_template=False)
+
+
+@pytest.fixture
+def policy() -> Policy:
+    return micro_policy()
+
+
+class DigitTask(Task):
+    """Toy generated task: reward = share of digit characters among two generated characters.
+
+    A random model emits arbitrary bytes, so perturbed members get different rewards and ES has signal.
+    """
+
+    name = "digits"
+    exact_answer = False
+    max_new_tokens = 2
+
+    def __init__(self, n: int = 16) -> None:
+        self._examples = [Example(prompt=f"{i:02d}+{(7 * i) % 100:02d}=", answer="00") for i in range(n)]
+
+    def train_examples(self):
+        return self._examples
+
+    def eval_examples(self):
+        return self._examples
+
+    def score(self, completion: str, example: Example) -> float:
+        return sum(ch.isdigit() for ch in completion[:2]) / 2
+
+
+@pytest.fixture
+def digit_task() -> DigitTask:
+    return DigitTask()
