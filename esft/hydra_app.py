@@ -44,6 +44,15 @@ def train_job(cfg: DictConfig) -> None:
 def run_hydra(args: list[str]) -> None:
     from transformers.utils import logging as hf_logging
 
+    from esft.config_check import check_train_args
+
+    if not any(flag in args for flag in ("--hydra-help", "--help", "-h")):
+        try:
+            check_train_args(args, conf_dir())
+        except EsftError as exc:
+            print(f"esft: error: {exc}", file=sys.stderr)
+            sys.exit(2)
+
     hf_logging.disable_progress_bar()  # save_pretrained's shard bar would clutter logs and the live display
     sys.argv = [sys.argv[0], *args]
     hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")(train_job)()
