@@ -29,7 +29,34 @@ def train(ctx: typer.Context) -> None:
         typer.echo("\nAll arguments are Hydra overrides, e.g. `esft train task=reverse awd.lambda=0`, "
                    "`esft train -m awd.lambda=0,1`, `esft train --cfg job`; Hydra's own help: --hydra-help.")
         raise typer.Exit(0)
-    run_hydra(list(ctx.args))
+    run_hydra(_expand_resume(list(ctx.args)))
+
+
+def _expand_resume(args: list[str]) -> list[str]:
+    """`--resume DIR` = the overrides DIR was started with, plus `hydra.run.dir=DIR` (Hydra then resumes it)."""
+    if "--resume" not in args:
+        return args
+    index = args.index("--resume")
+    if index + 1 >= len(args):
+        _fail("--resume needs a run directory")
+    run_dir = Path(args[index + 1])
+    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    if not overrides_file.exists():
+        _fail(f"{run_dir} is not an esft run dir (no .hydra/overrides.yaml)")
+    from omegaconf import OmegaConf
+
+    saved = [str(o) for o in OmegaConf.load(overrides_file) if not str(o).startswith("hydra.run.dir=")]
+    from esft.config_check import overrides_in
+
+    rest = args[:index] + args[index + 2:]
+    extra = overrides_in(rest)
+    flags = [a for a in rest if a not in extra]
+    return [*flags, *saved, *extra, f"hydra.run.dir={run_dir.resolve()}"]
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"esft: error: {message}", err=True)
+    raise typer.Exit(2)
 
 
 @app.command("drift-report")

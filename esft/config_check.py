@@ -89,3 +89,18 @@ def check_train_args(args: list[str], conf: Path) -> None:
 
     validate_method_config(str(container["method"]["name"]), container)
     build_eval_tasks(container, build_stages(container))
+    _check_existing_run_dir(overrides, container)
+
+
+def _check_existing_run_dir(overrides: list[str], container: dict) -> None:
+    """Refuse to point a different config at an existing run dir: Hydra would overwrite its .hydra/ record."""
+    from esft.experiment import config_fingerprint
+    from esft.rundir import RUN_INFO_FILE, read_json
+
+    run_dirs = [o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")]
+    if not run_dirs:
+        return
+    info = Path(run_dirs[-1]) / RUN_INFO_FILE
+    if info.exists() and read_json(info).get("config_fingerprint") != config_fingerprint(container):
+        raise EsftError(f"run dir {run_dirs[-1]} was made by a different config; resume it with "
+                        "`esft train --resume DIR` (same overrides) or choose a new hydra.run.dir")
