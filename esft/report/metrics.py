@@ -1,0 +1,370 @@
+"""Drift metrics of one run, as pure functions of the loaded run dir (no printing, no files).
+
+Vocabulary. The *new stage* is the curriculum's last stage and its task the *new task*; every other task
+(earlier curriculum tasks and eval-only tasks) is a *prior task*. All steps are global steps (esft.rundir).
+
+Per prior task, over the eval points (step, accuracy) of the new stage, the first being its `stage_start`
+eval (at step first_step - 1, before any update of the stage):
+  start        accuracy before the new stage
+  min          the lowest accuracy in the stage, start included; `min_step` the (first) step it is reached
+  final        the last accuracy of the stage (for a run still running: the latest one)
+  max_drop     start - min  (>= 0)
+  final_drop   start - final (negative when the task improved)
+  recovery     final - min  (>= 0)
+  area         the trapezoid rule over the eval points of max(0, start - acc), divided by the steps covered
+               (last eval step - start step; the stage length for a finished stage): a mean drop, in
+               accuracy units. The clipped deficit is interpolated linearly between eval points.
+Per run:
+  new_task_gain   new task's final accuracy in the new stage minus its accuracy at the stage start
+  GEM (Lopez-Paz & Ranzato 2017): R[i][j] = accuracy on curriculum task j at the `stage_end` eval of stage
+                  i; ACC = mean_j R[T-1][j]; BWT = mean_{j<T-1} (R[T-1][j] - R[j][j]) (null with one stage);
+                  both null while a needed entry is missing (a run that has not finished)
+  theta           final |theta - theta0| and the random-walk prediction at T = the last step:
+                  alpha*sqrt(T*D/N) without AWD (`pred_free`, always), and for AWD-L2 with c = alpha*lambda
+                  alpha*sqrt(D/N * (1 - (1-c)^(2T)) / (2c - c^2)), which is the sum of the decayed per-step
+                  variances and saturates at alpha*sqrt(D/(N*(2c - c^2))). `ratio` = measured / prediction
+                  (the AWD-aware one; null for AWD-L1, which has no closed form here). ES only.
+  compute         sums of forward_tokens, population_evals, generated_tokens and seconds over metrics rows,
+                  for the whole run and for the new stage alone
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from esft.report.grouping import Group, format_value
+from esft.report.load import Run
+
+Point = tuple[int, float]
+#: the per-prior-task metrics, in table order
+DRIFT_FIELDS = ("start", "min", "min_step", "final", "max_drop", "final_drop", "recovery", "area")
+COMPUTE_FIELDS = ("forward_tokens", "population_evals", "generated_tokens", "seconds")
+
+
+def cfg_get(config: dict[str, Any], dotted: str, default: Any = None) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def _names(entries: Any) -> list[str]:
+    if not isinstance(entries, list):
+        return []
+    return [str(e["name"]) if isinstance(e, dict) and "name" in e else str(e) for e in entries]
+
+
+def stages(run: Run) -> list[dict[str, Any]]:
+    """The curriculum's stages (index, task, first_step, last_step): run.json, else config, else metrics."""
+    listed = (run.info or {}).get("stages")
+    if isinstance(listed, list) and listed:
+        return [dict(s, index=s.get("index", i)) for i, s in enumerate(listed)]
+    tasks = _names(cfg_get(run.config, "prior.tasks", [])) + _names([cfg_get(run.config, "task")])
+    steps = cfg_get(run.config, "steps")
+    if cfg_get(run.config, "task.name") and isinstance(steps, int):
+        prior_steps = cfg_get(run.config, "prior.steps") or steps
+        out, first = [], 1
+        for i, task in enumerate(tasks):
+            length = steps if i == len(tasks) - 1 else prior_steps
+            out.append({"index": i, "task": task, "first_step": first, "last_step": first + length - 1})
+            first += length
+        return out
+    by_stage: dict[int, dict[str, Any]] = {}
+    for row in run.metrics:
+        s = by_stage.setdefault(int(row.get("stage", 0)), {"task": row.get("task"), "steps": []})
+        s["steps"].append(int(row.get("step", 0)))
+    return [
+        {"index": i, "task": s["task"], "first_step": min(s["steps"]), "last_step": max(s["steps"])}
+        for i, s in sorted(by_stage.items())
+    ]
+
+
+def prior_tasks(run: Run, stage_list: list[dict[str, Any]]) -> list[str]:
+    """Earlier curriculum tasks, then eval-only tasks; never the new task."""
+    new = stage_list[-1]["task"] if stage_list else None
+    evals = (run.info or {}).get("eval_tasks") or _names(cfg_get(run.config, "eval.tasks", []))
+    evals = evals or [r["task"] for r in run.evals if r.get("role") == "eval_only"]
+    ordered = [s["task"] for s in stage_list[:-1]] + list(evals)
+    return [t for i, t in enumerate(ordered) if t != new and t not in ordered[:i]]
+
+
+def eval_curve(run: Run, task: str, stage: int | None = None) -> list[Point]:
+    """(step, accuracy) of `task`, sorted, one point per step (the later row wins), rows without one dropped."""
+    points: dict[int, float] = {}
+    for row in run.evals:
+        if row.get("task") != task or row.get("accuracy") is None or row.get("step") is None:
+            continue
+        if stage is None or row.get("stage") == stage:
+            points[int(row["step"])] = float(row["accuracy"])
+    return sorted(points.items())
+
+
+def drift(points: list[Point]) -> dict[str, Any] | None:
+    """Drift metrics of one prior task over one stage; points[0] is the accuracy before the stage."""
+    if not points:
+        return None
+    start_step, start = points[0]
+    min_step, minimum = min(points, key=lambda p: (p[1], p[0]))
+    final_step, final = points[-1]
+    span = final_step - start_step
+    area = None
+    if span > 0:
+        deficits = [(s, max(0.0, start - a)) for s, a in points]
+        integral = sum((s1 - s0) * (d0 + d1) / 2 for (s0, d0), (s1, d1) in zip(deficits, deficits[1:]))
+        area = integral / span
+    return {
+        "start": start, "start_step": start_step, "min": minimum, "min_step": min_step,
+        "min_step_in_stage": min_step - start_step, "final": final, "final_step": final_step,
+        "max_drop": start - minimum, "final_drop": start - final, "recovery": final - minimum,
+        "area": area, "points": len(points),
+    }
+
+
+def gem(run: Run, stage_list: list[dict[str, Any]]) -> dict[str, Any]:
+    """The accuracy matrix R (rows: after stage i, columns: curriculum task j) with ACC and BWT."""
+    tasks = [s["task"] for s in stage_list]
+    ends = {
+        (row.get("stage"), row.get("task")): float(row["accuracy"])
+        for row in run.evals
+        if row.get("event") == "stage_end" and row.get("accuracy") is not None
+    }
+    matrix = [[ends.get((s["index"], task)) for task in tasks] for s in stage_list]
+    last = matrix[-1] if matrix else []
+    acc = sum(last) / len(last) if last and None not in last else None
+    bwt = None
+    pairs = [(matrix[-1][j], matrix[j][j]) for j in range(len(tasks) - 1)]
+    if pairs and all(a is not None and b is not None for a, b in pairs):
+        bwt = sum(a - b for a, b in pairs) / len(pairs)
+    return {"tasks": tasks, "R": matrix, "acc": acc, "bwt": bwt}
+
+
+def predicted_theta(steps: float, alpha: float, dim: float, pop: float, c: float = 0.0) -> float | None:
+    """Expected |theta_T - theta0| of the ES random walk; c = alpha*lambda is the AWD-L2 pull (0: none)."""
+    if steps < 0 or alpha <= 0 or dim <= 0 or pop <= 0 or not 0 <= c < 2:
+        return None
+    if c == 0:
+        return alpha * math.sqrt(steps * dim / pop)
+    return alpha * math.sqrt(dim / pop * (1 - (1 - c) ** (2 * steps)) / (2 * c - c * c))
+
+
+def theta_params(run: Run) -> dict[str, Any] | None:
+    """alpha, D, N and the AWD pull c used by the prediction; None when not ES or a value is missing."""
+    method = (run.info or {}).get("method") or cfg_get(run.config, "method.name", "es")
+    alpha = cfg_get(run.config, "es.alpha")
+    pop = cfg_get(run.config, "es.population_size")
+    dim = (run.info or {}).get("num_parameters")
+    if method != "es" or not all(isinstance(v, (int, float)) for v in (alpha, pop, dim)):
+        return None
+    lam = cfg_get(run.config, "awd.lambda", 0) or 0
+    kind = cfg_get(run.config, "awd.kind", "l2")
+    if not isinstance(lam, (int, float)):
+        return None
+    c = alpha * lam if kind == "l2" else 0.0
+    return {"alpha": alpha, "dim": dim, "pop": pop, "c": c, "l1": kind == "l1" and lam > 0}
+
+
+def theta_curve(run: Run) -> list[Point]:
+    rows = run.metrics if any(r.get("theta_dist") is not None for r in run.metrics) else run.diagnostics
+    return sorted({int(r["step"]): float(r["theta_dist"]) for r in rows
+                   if r.get("theta_dist") is not None and r.get("step") is not None}.items())
+
+
+def theta_prediction_curve(run: Run, steps: list[int], free: bool = False) -> list[Point]:
+    p = theta_params(run)
+    if p is None or (p["l1"] and not free):
+        return []
+    c = 0.0 if free else p["c"]
+    values = [(s, predicted_theta(s, p["alpha"], p["dim"], p["pop"], c)) for s in steps]
+    return [(s, v) for s, v in values if v is not None]
+
+
+def theta_summary(run: Run) -> dict[str, Any]:
+    curve = theta_curve(run)
+    if not curve:
+        return {"final": None, "steps": None, "pred": None, "pred_free": None, "ratio": None, "ratio_free": None}
+    steps, final = curve[-1]
+    pred = dict(theta_prediction_curve(run, [steps])).get(steps)
+    free = dict(theta_prediction_curve(run, [steps], free=True)).get(steps)
+    return {
+        "final": final, "steps": steps, "pred": pred, "pred_free": free,
+        "ratio": final / pred if pred else None, "ratio_free": final / free if free else None,
+    }
+
+
+def compute_used(run: Run, stage: int | None = None) -> dict[str, Any]:
+    """Sums of the compute counters over metrics rows (of one stage when given); null if never logged."""
+    rows = [r for r in run.metrics if stage is None or r.get("stage") == stage]
+    out: dict[str, Any] = {}
+    for name in COMPUTE_FIELDS:
+        values = [r[name] for r in rows if isinstance(r.get(name), (int, float))]
+        out[name] = sum(values) if values else None
+    return out
+
+
+def new_task_gain(run: Run, new: dict[str, Any]) -> dict[str, Any]:
+    points = eval_curve(run, new["task"], new["index"])
+    if not points:
+        return {"start": None, "final": None, "gain": None}
+    return {"start": points[0][1], "final": points[-1][1], "gain": points[-1][1] - points[0][1]}
+
+
+def run_metrics(run: Run) -> dict[str, Any]:
+    """Every per-run number of the report, JSON-ready."""
+    stage_list = stages(run)
+    new = stage_list[-1] if stage_list else None
+    steps_done = max((int(r["step"]) for r in run.metrics if r.get("step") is not None), default=0)
+    status = run.status or {}
+    out: dict[str, Any] = {
+        "name": run.name, "path": str(run.path), "state": run.state, "message": status.get("message"),
+        "seed": format_value(run.config.get("seed")) if "seed" in run.config else None,
+        "method": (run.info or {}).get("method") or cfg_get(run.config, "method.name"),
+        "new_task": new["task"] if new else None, "stages": len(stage_list),
+        "new_stage_start": new["first_step"] - 1 if new else None,
+        "steps_done": steps_done, "steps_planned": new["last_step"] if new else None,
+        "skipped_steps": sum(1 for r in run.metrics if r.get("skipped")),
+        "warnings": len(run.warnings),
+    }
+    out["prior"] = {
+        task: drift(eval_curve(run, task, new["index"])) if new else None
+        for task in prior_tasks(run, stage_list)
+    }
+    out["new_task_gain"] = new_task_gain(run, new) if new else {"start": None, "final": None, "gain": None}
+    out["gem"] = gem(run, stage_list)
+    out["theta"] = theta_summary(run)
+    out["compute"] = compute_used(run)
+    out["compute_new_stage"] = compute_used(run, new["index"]) if new else compute_used(run, -1)
+    return out
+
+
+def run_curves(run: Run, metrics: dict[str, Any]) -> dict[str, Any]:
+    """The step curves the plots draw for one run (whole run, all stages)."""
+    theta = theta_curve(run)
+    steps = [s for s, _ in theta]
+    new = metrics["new_task"]
+    return {
+        "prior": {task: eval_curve(run, task) for task in metrics["prior"]},
+        "new": eval_curve(run, new) if new else [],
+        "theta": theta,
+        "theta_pred": theta_prediction_curve(run, steps),
+        "theta_pred_free": theta_prediction_curve(run, steps, free=True),
+        "new_stage_start": metrics["new_stage_start"] if len(metrics["gem"]["tasks"]) > 1 else None,
+    }
+
+
+def aggregate(values: list[Any]) -> dict[str, Any]:
+    """Mean and spread over seeds: sample standard deviation (null below two values), min, max, n."""
+    xs = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    if not xs:
+        return {"mean": None, "std": None, "min": None, "max": None, "n": 0}
+    mean = sum(xs) / len(xs)
+    std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else None
+    return {"mean": mean, "std": std, "min": min(xs), "max": max(xs), "n": len(xs)}
+
+
+def mean_curve(curves: list[list[Point]]) -> dict[str, list[float]]:
+    """Pointwise mean and standard deviation over runs, at every step any run has (n may vary by step)."""
+    by_step: dict[int, list[float]] = {}
+    for curve in curves:
+        for step, value in curve:
+            by_step.setdefault(step, []).append(value)
+    out: dict[str, list[float]] = {"step": [], "mean": [], "std": [], "n": []}
+    for step in sorted(by_step):
+        agg = aggregate(by_step[step])
+        out["step"].append(step)
+        out["mean"].append(agg["mean"])
+        out["std"].append(agg["std"] or 0.0)
+        out["n"].append(agg["n"])
+    return out
+
+
+# --- groups: seeds aggregated -------------------------------------------------------------------------------
+
+
+def _ordered_union(lists: list[list[str]]) -> list[str]:
+    out: list[str] = []
+    for items in lists:
+        out.extend(i for i in items if i not in out)
+    return out
+
+
+def _count(items: list[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[item] = counts.get(item, 0) + 1
+    return counts
+
+
+def group_summary(group: Group, per_run: list[dict[str, Any]], task: str | None = None) -> dict[str, Any]:
+    """Mean and spread over a group's runs of every per-run number; prior tasks filtered to `task` if given."""
+    tasks = [t for t in _ordered_union([list(m["prior"]) for m in per_run]) if task in (None, t)]
+
+    def field(get: Any) -> dict[str, Any]:
+        values = []
+        for m in per_run:
+            try:
+                values.append(get(m))
+            except (KeyError, TypeError):
+                continue
+        return aggregate(values)
+
+    def mean_over_tasks(m: dict[str, Any], name: str) -> float | None:
+        vals = [m["prior"][t][name] for t in tasks if m["prior"].get(t) and m["prior"][t][name] is not None]
+        return sum(vals) / len(vals) if vals else None
+
+    prior = {
+        t: {f: field(lambda m, t=t, f=f: m["prior"][t][f]) for f in DRIFT_FIELDS} for t in tasks
+    }
+    return {
+        "label": group.label, "key": group.key, "runs": [m["name"] for m in per_run], "n_runs": len(per_run),
+        "states": _count([m["state"] for m in per_run]), "new_task": ",".join(_ordered_union([[m["new_task"] or "-"] for m in per_run])),
+        "prior": prior,
+        "mean_max_drop": field(lambda m: mean_over_tasks(m, "max_drop")),
+        "mean_area": field(lambda m: mean_over_tasks(m, "area")),
+        "new_task_gain": field(lambda m: m["new_task_gain"]["gain"]),
+        "acc": field(lambda m: m["gem"]["acc"]),
+        "bwt": field(lambda m: m["gem"]["bwt"]),
+        "theta_final": field(lambda m: m["theta"]["final"]),
+        "theta_pred": field(lambda m: m["theta"]["pred"]),
+        "theta_ratio": field(lambda m: m["theta"]["ratio"]),
+        "theta_ratio_free": field(lambda m: m["theta"]["ratio_free"]),
+        **{name: field(lambda m, n=name: m["compute"][n]) for name in COMPUTE_FIELDS},
+        **{f"new_stage_{name}": field(lambda m, n=name: m["compute_new_stage"][n]) for name in COMPUTE_FIELDS},
+    }
+
+
+def group_curves(curves: list[dict[str, Any]], task: str | None = None) -> dict[str, Any]:
+    """Pointwise mean/std over a group's runs of each plotted curve."""
+    tasks = [t for t in _ordered_union([list(c["prior"]) for c in curves]) if task in (None, t)]
+    return {
+        "prior": {t: mean_curve([c["prior"][t] for c in curves if t in c["prior"]]) for t in tasks},
+        **{name: mean_curve([c[name] for c in curves]) for name in ("new", "theta", "theta_pred",
+                                                                    "theta_pred_free")},
+        "new_stage_start": sorted({c["new_stage_start"] for c in curves if c["new_stage_start"] is not None}),
+    }
+
+
+def summarize(groups: list[Group], keys: list[str], task: str | None = None) -> tuple[dict, dict]:
+    """The report's data: (summary, JSON-ready; curves by group label, for the plots)."""
+    summary: dict[str, Any] = {"group_keys": keys, "task_filter": task, "groups": [], "runs": [], "problems": []}
+    curves: dict[str, Any] = {}
+    for group in groups:
+        per_run, per_curves = [], []
+        for run in group.runs:
+            try:  # rows of the wrong shape must not sink the whole report
+                m = run_metrics(run)
+                per_curves.append(run_curves(run, m))
+            except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+                summary["problems"].append(f"{run.path}: cannot compute its metrics ({type(exc).__name__}: "
+                                           f"{exc}); run left out")
+                continue
+            m["group"] = group.label
+            if task is not None:
+                m["prior"] = {t: v for t, v in m["prior"].items() if t == task}
+            per_run.append(m)
+        summary["runs"].extend(per_run)
+        summary["groups"].append(group_summary(group, per_run, task))
+        curves[group.label] = group_curves(per_curves, task)
+    return summary, curves

@@ -1,0 +1,179 @@
+"""Drift metrics over fabricated runs with known curves; every expected number is computed by hand here."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from esft.errors import EsftError
+from esft.report.grouping import differing_keys, flatten, group_runs
+from esft.report.load import load_run, load_runs
+from esft.report.metrics import aggregate, drift, predicted_theta, run_metrics, summarize
+from esft.rundir import EVALS_FILE, METRICS_FILE
+
+approx = pytest.approx
+
+
+def test_drift_of_a_hand_curve() -> None:
+    # the prior task before the new stage (step 4): 0.9; then 0.5, 0.3, 0.6 at steps 6, 8, 10
+    d = drift([(4, 0.9), (6, 0.5), (8, 0.3), (10, 0.6)])
+    assert d["start"] == 0.9 and d["min"] == 0.3 and d["final"] == 0.6
+    assert d["max_drop"] == approx(0.6)
+    assert d["final_drop"] == approx(0.3)
+    assert d["recovery"] == approx(0.3)
+    assert d["min_step"] == 8 and d["min_step_in_stage"] == 4
+    # deficits 0, 0.4, 0.6, 0.3 every 2 steps: 2*(0+0.4)/2 + 2*(0.4+0.6)/2 + 2*(0.6+0.3)/2 = 2.3, over 6 steps
+    assert d["area"] == approx(2.3 / 6)
+
+
+def test_drift_edge_cases() -> None:
+    assert drift([]) is None
+    only_start = drift([(4, 0.7)])
+    assert only_start["max_drop"] == 0 and only_start["area"] is None
+    rising = drift([(0, 0.5), (5, 0.8), (10, 0.9)])
+    assert rising["max_drop"] == 0 and rising["min_step"] == 0 and rising["final_drop"] == approx(-0.4)
+    assert rising["area"] == 0
+    # ties: the first step reaching the minimum; uneven spacing: deficits 0, 0.2, 0.2 at 0, 1, 4
+    tied = drift([(0, 0.6), (1, 0.4), (4, 0.4)])
+    assert tied["min_step"] == 1
+    assert tied["area"] == approx((1 * 0.2 / 2 + 3 * 0.2) / 4)
+
+
+def test_run_metrics_two_stage_curriculum(make_run) -> None:
+    m = run_metrics(load_run(make_run()))
+    assert m["state"] == "done" and m["new_task"] == "reverse" and m["new_stage_start"] == 4
+    assert list(m["prior"]) == ["add", "subtract"]  # earlier curriculum task, then the eval-only task
+    add = m["prior"]["add"]
+    assert (add["start"], add["min"], add["min_step"], add["final"]) == (0.9, 0.3, 8, 0.6)
+    assert (add["max_drop"], add["final_drop"], add["recovery"]) == (approx(0.6), approx(0.3), approx(0.3))
+    assert add["area"] == approx(2.3 / 6)
+    sub = m["prior"]["subtract"]  # 0.8, 0.7, 0.7, 0.8 over steps 4..10
+    assert sub["max_drop"] == approx(0.1) and sub["min_step"] == 6
+    assert sub["final_drop"] == approx(0.0) and sub["recovery"] == approx(0.1)
+    assert sub["area"] == approx((2 * 0.1 / 2 + 2 * 0.1 + 2 * 0.1 / 2) / 6)
+    assert m["new_task_gain"] == {"start": 0.5, "final": 0.9, "gain": approx(0.4)}
+
+
+def test_gem_matrix_acc_bwt(make_run) -> None:
+    gem = run_metrics(load_run(make_run()))["gem"]
+    assert gem["tasks"] == ["add", "reverse"]
+    assert gem["R"] == [[0.9, 0.5], [0.6, 0.9]]  # stage_end evals at steps 4 and 10
+    assert gem["acc"] == approx((0.6 + 0.9) / 2)
+    assert gem["bwt"] == approx(0.6 - 0.9)
+
+
+def test_single_stage_eval_tasks_are_prior_and_bwt_is_null(make_run) -> None:
+    m = run_metrics(load_run(make_run(prior=[])))
+    assert m["stages"] == 1 and list(m["prior"]) == ["subtract"]
+    # subtract 0.8, 0.8, 0.8, 0.7 at steps 0, 2, 4, 6
+    assert m["prior"]["subtract"]["max_drop"] == approx(0.1) and m["prior"]["subtract"]["min_step"] == 6
+    assert m["gem"]["R"] == [[0.6]] and m["gem"]["acc"] == approx(0.6) and m["gem"]["bwt"] is None
+
+
+def test_theta_fit_without_and_with_awd(make_run) -> None:
+    # D=4000, N=16, alpha=0.01, T=10: alpha*sqrt(T*D/N) = 0.01*sqrt(2500) = 0.5; measured 0.6
+    plain = run_metrics(load_run(make_run("plain", lam=0.0)))["theta"]
+    assert plain["final"] == approx(0.6) and plain["steps"] == 10
+    assert plain["pred"] == approx(0.5) and plain["ratio"] == approx(1.2) and plain["ratio_free"] == approx(1.2)
+    awd = run_metrics(load_run(make_run("awd", lam=5.0)))["theta"]
+    c = 0.01 * 5.0
+    expected = 0.01 * math.sqrt(4000 / 16 * (1 - (1 - c) ** 20) / (2 * c - c * c))
+    assert awd["pred"] == approx(expected) and awd["ratio"] == approx(0.6 / expected)
+    assert awd["pred_free"] == approx(0.5)
+
+
+def test_predicted_theta_saturates() -> None:
+    assert predicted_theta(100, 0.01, 1600, 16) == approx(0.01 * math.sqrt(100 * 100))
+    c = 0.1
+    saturation = 0.01 * math.sqrt(1600 / (16 * (2 * c - c * c)))
+    assert predicted_theta(10_000, 0.01, 1600, 16, c) == approx(saturation)
+    assert predicted_theta(1, 0.01, 1600, 16, c) == approx(0.01 * math.sqrt(100))  # first step: no decay yet
+    assert predicted_theta(10, 0.0, 1600, 16) is None
+
+
+def test_compute_totals(make_run) -> None:
+    m = run_metrics(load_run(make_run(pop=8)))
+    assert m["compute"] == {"forward_tokens": 10_000, "population_evals": 80, "generated_tokens": 1000,
+                            "seconds": 5.0}
+    assert m["compute_new_stage"]["forward_tokens"] == 6000 and m["compute_new_stage"]["population_evals"] == 48
+
+
+def test_running_run_reports_what_it_has(make_run) -> None:
+    m = run_metrics(load_run(make_run(state="running", until=7)))
+    assert m["state"] == "running" and m["steps_done"] == 7 and m["steps_planned"] == 10
+    assert m["prior"]["add"]["final"] == 0.5 and m["prior"]["add"]["final_step"] == 6  # latest eval so far
+    assert m["gem"]["acc"] is None and m["gem"]["bwt"] is None
+    assert m["theta"]["steps"] == 7
+
+
+def test_missing_status_is_partial_and_failed_is_kept(make_run) -> None:
+    assert load_run(make_run("a", state=None)).state == "partial"
+    failed = run_metrics(load_run(make_run("b", state="failed", until=5, message="CUDA OOM")))
+    assert failed["state"] == "failed" and failed["message"] == "CUDA OOM"
+
+
+def test_corrupt_line_is_skipped_with_a_message(make_run) -> None:
+    path = make_run()
+    lines = (path / METRICS_FILE).read_text().splitlines(keepends=True)
+    lines[2] = lines[2][:15] + "\n"  # step 3, torn
+    (path / METRICS_FILE).write_text("".join(lines))
+    run = load_run(path)
+    assert len(run.warnings) == 1
+    assert run.warnings[0].startswith(f"{path / METRICS_FILE}: line 3 is not valid JSON")
+    assert [r["step"] for r in run.metrics] == [1, 2, 4, 5, 6, 7, 8, 9, 10]
+
+
+def test_aggregate_mean_and_sample_std() -> None:
+    agg = aggregate([0.6, 0.4, None])
+    assert agg["mean"] == approx(0.5) and agg["std"] == approx(math.sqrt(0.02)) and agg["n"] == 2
+    assert aggregate([0.3])["std"] is None
+    assert aggregate([])["mean"] is None
+
+
+def test_grouping_labels_name_the_differences(make_run) -> None:
+    runs = [load_run(make_run(f"r{i}", seed=s, lam=lam, pop=pop))
+            for i, (s, lam, pop) in enumerate([(0, 0.0, 16), (1, 0.0, 16), (0, 1.0, 16), (0, 0.0, 32)])]
+    assert flatten(runs[0].config)["prior.tasks"] == "add"
+    assert differing_keys(runs) == ["awd.lambda", "es.population_size"]  # seed is ignored
+    groups, keys = group_runs(runs)
+    assert [g.label for g in groups] == ["awd.lambda=0, es.population_size=16",
+                                         "awd.lambda=0, es.population_size=32",
+                                         "awd.lambda=1, es.population_size=16"]
+    assert [len(g.runs) for g in groups] == [2, 1, 1]
+    by_pop, keys = group_runs(runs, ["population_size"])  # a unique suffix is enough
+    assert keys == ["es.population_size"] and [g.label for g in by_pop] == ["es.population_size=16",
+                                                                            "es.population_size=32"]
+    with pytest.raises(EsftError, match="--group-by nope"):
+        group_runs(runs, ["nope"])
+
+
+def test_group_summary_averages_seeds(make_run) -> None:
+    other = {"add": [0.2, 0.6, 0.8, 0.6, 0.2, 0.5],  # before 0.8, min 0.2 @ 8, final 0.5
+             "reverse": [0.5, 0.5, 0.5, 0.6, 0.8, 0.9], "subtract": [0.8, 0.8, 0.8, 0.7, 0.7, 0.8]}
+    runs = [load_run(make_run("s0", seed=0)), load_run(make_run("s1", seed=1, curves=other))]
+    groups, keys = group_runs(runs)
+    assert keys == [] and groups[0].label == "all runs"
+    summary, curves = summarize(groups, keys)
+    add = summary["groups"][0]["prior"]["add"]
+    assert add["start"]["mean"] == approx(0.85) and add["min"]["mean"] == approx(0.25)
+    assert add["max_drop"]["mean"] == approx(0.6) and add["max_drop"]["std"] == approx(0.0)
+    assert add["final_drop"]["mean"] == approx(0.3) and add["min_step"]["mean"] == 8
+    assert summary["groups"][0]["acc"]["mean"] == approx((0.75 + 0.7) / 2)
+    mean = curves["all runs"]["prior"]["add"]
+    assert mean["step"] == [0, 2, 4, 6, 8, 10] and mean["mean"][2] == approx(0.85)
+    filtered, _ = summarize(groups, keys, task="subtract")
+    assert list(filtered["groups"][0]["prior"]) == ["subtract"]
+
+
+def test_load_runs_finds_sweep_jobs_and_reports_empty_paths(make_sweep, tmp_path) -> None:
+    root = make_sweep("sweep", [dict(lam=0.0), dict(lam=1.0), dict(lam=0.0, seed=1)])
+    (tmp_path / "empty").mkdir()
+    loaded = load_runs([str(root), str(tmp_path / "empty"), str(tmp_path / "swe*")])
+    assert [r.name for r in loaded.runs] == ["0_awd.lambda=0.0", "1_awd.lambda=1.0", "2_awd.lambda=0.0,seed=1"]
+    assert len(loaded.messages) == 1 and "empty: no runs found" in loaded.messages[0]
+    assert (root / "0_awd.lambda=0.0" / EVALS_FILE).exists()
+
+
+def test_run_names_drop_the_overrides_every_job_shares(make_sweep) -> None:
+    root = make_sweep("sweep", [dict(lam=0.0, pop=16), dict(lam=1.0, pop=16)])
+    assert [r.name for r in load_runs([str(root)]).runs] == ["0_awd.lambda=0.0", "1_awd.lambda=1.0"]

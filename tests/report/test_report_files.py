@@ -1,0 +1,166 @@
+"""`drift_report` end to end over fabricated run dirs: the files it writes, its messages and exit codes."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from esft.report.command import drift_report
+from esft.rundir import EVALS_FILE
+
+PNGS = ["prior_accuracy.png", "new_task_accuracy.png", "theta_drift.png", "drop_vs_cost.png"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def report(paths: list[Path | str], out: Path | None = None, fmt: str = "table", group_by=None, task=None):
+    console = Console(file=io.StringIO(), width=220, color_system=None)
+    code = drift_report([str(p) for p in paths], str(out) if out else None, group_by, task, fmt, console)
+    return code, console.file.getvalue()
+
+
+SWEEP_JOBS = [dict(lam=0.0), dict(lam=1.0, state="running", until=8, theta_final=0.1)]
+
+
+@pytest.fixture
+def sweep(make_sweep) -> Path:
+    """A 2-point multirun (awd.lambda=0 vs 1), the second job still running."""
+    return make_sweep("multirun", SWEEP_JOBS)
+
+
+@pytest.fixture(scope="module")
+def rendered(fabricate, tmp_path_factory):
+    """One report over the 2-point sweep, shared by the tests that only read its files."""
+    root = fabricate.sweep(tmp_path_factory.mktemp("rendered") / "multirun", SWEEP_JOBS)
+    out = root.parent / "report"
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        code, stdout = report([root], out)
+    return code, out, stdout, stderr.getvalue()
+
+
+def test_sweep_root_renders_every_file(rendered) -> None:
+    code, out, stdout, stderr = rendered
+    assert code == 0
+    for name in ["summary.json", "summary.csv", "report.md", "report.html", *PNGS]:
+        assert (out / name).stat().st_size > 0, name
+    for name in PNGS:
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["group_keys"] == ["awd.lambda"]
+    assert [g["label"] for g in summary["groups"]] == ["awd.lambda=0", "awd.lambda=1"]
+    assert [r["state"] for r in summary["runs"]] == ["done", "running"]
+    assert summary["groups"][0]["prior"]["add"]["max_drop"]["mean"] == pytest.approx(0.6)
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 4 and "<style>" in html and 'src="http' not in html
+    assert 'class="running"' in html
+    md = (out / "report.md").read_text()
+    assert all(f"]({name})" in md for name in PNGS) and "awd.lambda=1" in md and "(running)" in md
+    # the terminal: rich tables naming groups and marking the running run
+    assert "Prior-task drift" in stdout and "awd.lambda=1" in stdout and "running" in stdout
+    assert stderr == ""
+
+
+def test_csv_has_group_and_run_rows(rendered) -> None:
+    rows = list(csv.DictReader((rendered[1] / "summary.csv").open()))
+    group_add = [r for r in rows if r["level"] == "group" and r["prior_task"] == "add"]
+    assert [r["group"] for r in group_add] == ["awd.lambda=0", "awd.lambda=1"]
+    assert float(group_add[0]["max_drop"]) == pytest.approx(0.6)
+    run_rows = [r for r in rows if r["level"] == "run"]
+    assert {r["prior_task"] for r in run_rows} == {"add", "subtract"} and len(run_rows) == 4
+    assert float(run_rows[0]["acc"]) == pytest.approx(0.75)
+
+
+def test_default_out_is_beside_the_first_path(sweep: Path) -> None:
+    code, _ = report([sweep])
+    assert code == 0 and (sweep.parent / "drift-report" / "report.html").exists()
+
+
+def test_json_and_csv_formats_print_only_data(sweep: Path, tmp_path: Path, capsys) -> None:
+    code, stdout = report([sweep], tmp_path / "j", fmt="json")
+    assert code == 0 and json.loads(stdout)["groups"][1]["states"] == {"running": 1}
+    assert "wrote" in capsys.readouterr().err
+    code, stdout = report([sweep], tmp_path / "c", fmt="csv")
+    assert code == 0 and stdout.startswith("level,group,run,")
+
+
+def test_task_filter_and_group_by(sweep: Path, tmp_path: Path, capsys) -> None:
+    code, _ = report([sweep], tmp_path / "t", fmt="table", task="subtract", group_by=["awd.kind"])
+    assert code == 0
+    summary = json.loads((tmp_path / "t" / "summary.json").read_text())
+    assert [g["label"] for g in summary["groups"]] == ["awd.kind=l2"]  # both jobs in one group
+    assert list(summary["groups"][0]["prior"]) == ["subtract"]
+    code, _ = report([sweep], tmp_path / "u", task="nope")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == ["esft drift-report: --task nope is not a prior task of any run "
+                                 "(prior tasks: add, subtract)"]
+
+
+def test_empty_directory_gives_one_clear_line(tmp_path: Path, capsys) -> None:
+    (tmp_path / "empty").mkdir()
+    code, stdout = report([tmp_path / "empty"], tmp_path / "out")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and stdout == "" and len(err) == 1
+    assert err[0].startswith(f"esft drift-report: no runs found under {tmp_path / 'empty'}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_empty_path_beside_runs_is_a_warning(make_run, tmp_path: Path, capsys) -> None:
+    run = make_run("r")
+    (tmp_path / "empty").mkdir()
+    code, _ = report([run, tmp_path / "empty", tmp_path / "missing-*"], tmp_path / "out")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 0 and (tmp_path / "out" / "report.html").exists()
+    assert err == [f"esft drift-report: warning: {tmp_path / 'missing-*'}: the pattern matches no path",
+                   f"esft drift-report: warning: {tmp_path / 'empty'}: no runs found (a run dir holds "
+                   ".hydra/config.yaml, metrics.jsonl or evals.jsonl)"]
+
+
+def test_truncated_jsonl_is_named_and_the_rest_reported(make_run, tmp_path: Path, capsys) -> None:
+    run = make_run("r", state="running")
+    with open(run / EVALS_FILE, "a") as handle:
+        handle.write('{"step": 12, "stage": 1, "task": "add", "accur')  # killed mid-write
+    code, _ = report([run], tmp_path / "out")
+    err = capsys.readouterr().err.strip().splitlines()
+    lines = len((run / EVALS_FILE).read_text().splitlines())
+    assert code == 0 and len(err) == 1
+    assert err[0].startswith(f"esft drift-report: warning: {run / EVALS_FILE}: line {lines} is not valid JSON")
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["runs"][0]["prior"]["add"]["max_drop"] == pytest.approx(0.6)
+    assert summary["messages"] == [e.removeprefix("esft drift-report: warning: ") for e in err]
+    assert "line" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_failed_and_statusless_runs_are_marked(make_run, tmp_path: Path) -> None:
+    runs = [make_run("a", seed=0), make_run("b", seed=1, state="failed", until=6, message="killed: OOM"),
+            make_run("c", seed=2, state=None, until=3)]
+    code, stdout = report(runs, tmp_path / "out")
+    assert code == 0 and "failed" in stdout and "partial" in stdout and "killed: OOM" in stdout
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["groups"][0]["states"] == {"done": 1, "failed": 1, "partial": 1}
+    c = summary["runs"][2]
+    assert c["prior"]["add"] is None and c["new_task_gain"]["gain"] is None  # never reached the new stage
+
+
+def test_rows_of_the_wrong_shape_leave_that_run_out(make_run, tmp_path: Path, capsys) -> None:
+    good, bad = make_run("good"), make_run("bad", seed=1)
+    with open(bad / EVALS_FILE, "a") as handle:
+        handle.write('{"step": 10, "stage": 1, "task": "add", "accuracy": "high"}\n')
+    code, _ = report([good, bad], tmp_path / "out")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 0 and len(err) == 1 and f"{bad}: cannot compute its metrics" in err[0]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert [r["name"] for r in summary["runs"]] == ["good"] and summary["groups"][0]["n_runs"] == 1
+
+
+def test_a_glob_over_runs_skips_the_report_beside_them(make_run, tmp_path: Path, capsys) -> None:
+    make_run("a"), make_run("b", seed=1)
+    assert report([tmp_path / "*"])[0] == 0 and (tmp_path / "drift-report" / "report.md").exists()
+    capsys.readouterr()
+    code, _ = report([tmp_path / "*"])  # now the glob matches drift-report/ too
+    assert code == 0 and capsys.readouterr().err.count("warning") == 0
