@@ -29,7 +29,7 @@ class Scored:
 def score_examples(policy: Policy, task: Task, examples: Sequence[Example], batch_size: int = 256,
                    generation_batch_size: int = 64) -> Scored:
     """Score greedy completions of `examples`; exact-answer tasks take the teacher-forced shortcut."""
-    prompts = [task.prompt(e) for e in examples]
+    prompts = [task.rollout_prompt(e) for e in examples]
     if task.exact_answer:
         matches = policy.exact_match(prompts, [e.answer for e in examples], task.max_new_tokens, batch_size)
         values = matches.numpy().astype(np.float64)

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from esft.errors import EsftError
+from esft.tasks.base import Prompt
 
 log = logging.getLogger("esft")
 
@@ -102,16 +103,21 @@ class Policy:
         return cls(model, tokenizer, device, use_template)
 
     # -- prompts ---------------------------------------------------------------------------------------
-    def format_prompt(self, text: str) -> str:
+    def format_prompt(self, prompt: str | Prompt) -> str:
+        """Render a prompt: chat template (system + user, generation prompt) when enabled, then the reply prefix."""
+        if isinstance(prompt, str):
+            prompt = Prompt(prompt)
         if not self.use_chat_template:
-            return text
-        messages = [{"role": "user", "content": text}]
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return prompt.text + prompt.response_prefix
+        messages = [{"role": "system", "content": prompt.system}] if prompt.system else []
+        messages.append({"role": "user", "content": prompt.text})
+        rendered = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return rendered + prompt.response_prefix
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def _encode_prompt(self, text: str) -> list[int]:
+    def _encode_prompt(self, text: str | Prompt) -> list[int]:
         # A chat template already carries BOS; raw prompts get the tokenizer's own specials (e.g. Llama's BOS).
         return self.tokenizer(self.format_prompt(text), add_special_tokens=not self.use_chat_template)["input_ids"]
 
@@ -128,7 +134,7 @@ class Policy:
 
     # -- scoring ---------------------------------------------------------------------------------------
     @torch.no_grad()
-    def exact_match(self, prompts: Sequence[str], answers: Sequence[str], max_new_tokens: int,
+    def exact_match(self, prompts: Sequence[str | Prompt], answers: Sequence[str], max_new_tokens: int,
                     batch_size: int = 256) -> torch.Tensor:
         """Bool per prompt: would greedy decoding (max_new_tokens) produce exactly `answer`? One forward."""
         eos = self.tokenizer.eos_token_id
@@ -164,7 +170,7 @@ class Policy:
         return matches
 
     @torch.no_grad()
-    def generate(self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = (),
+    def generate(self, prompts: Sequence[str | Prompt], max_new_tokens: int, stop: Sequence[str] = (),
                  batch_size: int = 64) -> list[str]:
         """Greedy completions (completion text only), truncated just after the first stop string."""
         completions: list[str] = []

@@ -26,6 +26,17 @@ class Example:
     meta: Mapping[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Prompt:
+    """What the policy continues: the user text, plus the paper's optional system message and the start of the
+    assistant's reply (e.g. countdown's "Let me solve this step by step.\n<think>"). The policy renders it with
+    the chat template when there is one, else as plain text + prefix."""
+
+    text: str
+    system: str | None = None
+    response_prefix: str = ""
+
+
 class Task(ABC):
     """Base class of every task. Subclasses set `name` and implement the data and scoring methods."""
 
@@ -47,6 +58,12 @@ class Task(ABC):
     def prompt(self, example: Example) -> str:
         """The text the policy continues (the chat template, if any, is the policy's business)."""
         return example.prompt
+
+    def rollout_prompt(self, example: Example) -> Prompt:
+        """The full prompt for generation: `prompt()` plus the system message and reply prefix stored in
+        `example.meta` by tasks that reproduce a paper's chat format."""
+        meta = example.meta or {}
+        return Prompt(self.prompt(example), meta.get("system"), meta.get("response_prefix") or "")
 
     @abstractmethod
     def score(self, completion: str, example: Example) -> float:

@@ -1,0 +1,60 @@
+"""Policy: prompt rendering (chat template, system message, reply prefix), stop strings, loading saved models."""
+
+from __future__ import annotations
+
+import pytest
+
+from esft.errors import EsftError
+from esft.policy import Policy, _cut_at_stop
+from esft.tasks.base import Prompt
+
+from conftest import micro_policy
+
+TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</{{ m['role'] }}>{% endfor %}"
+            "{% if add_generation_prompt %}<assistant>{% endif %}")
+
+
+def test_plain_prompt_without_template_appends_reply_prefix(policy):
+    assert policy.format_prompt("12+34=") == "12+34="
+    assert policy.format_prompt(Prompt("Q?", system="S", response_prefix="<think>")) == "Q?<think>"
+
+
+def test_chat_template_renders_system_user_and_prefix():
+    policy = micro_policy()
+    policy.tokenizer.chat_template = TEMPLATE
+    policy.use_chat_template = True
+    rendered = policy.format_prompt(Prompt("Q?", system="S", response_prefix="<think>"))
+    assert rendered == "<system>S</system><user>Q?</user><assistant><think>"
+
+
+def test_stop_strings_cut_after_the_marker():
+    assert _cut_at_stop("a</answer>tail", ["</answer>"]) == "a</answer>"
+    assert _cut_at_stop("no marker", ["</answer>"]) == "no marker"
+
+
+def test_generate_returns_completion_only(policy):
+    out = policy.generate(["12+34=", "99-01="], max_new_tokens=3)
+    assert len(out) == 2 and all(len(o.encode()) <= 3 for o in out)
+    assert policy.counts.generated > 0 and policy.counts.forward > policy.counts.generated
+
+
+def test_saved_model_loads_through_model_name(policy, tmp_path):
+    policy.model.save_pretrained(tmp_path / "m")
+    policy.tokenizer.save_pretrained(tmp_path / "m")
+    loaded = Policy.from_config({"name": str(tmp_path / "m"), "dtype": "float32", "device": "cpu"})
+    assert loaded.generate(["12+34="], 3) == policy.generate(["12+34="], 3)
+    assert not loaded.use_chat_template
+
+
+def test_model_dir_without_weights_is_a_clear_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EsftError, match="holds no weights"):
+        Policy.from_config({"name": str(tmp_path / "empty")})
+
+
+def test_unreachable_hub_id_is_a_clear_error(monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no network retries in the test
+    with pytest.raises(EsftError, match="cannot load model"):
+        Policy.from_config({"name": "no-such-org/no-such-model-xyz"})
