@@ -75,7 +75,8 @@ class FlatParams:
         if self._aliased:
             torch.add(self.master, noise, alpha=scale, out=self.work)
             return
-        self.load(self.master + scale * noise)
+        for (_, param), (_, part) in zip(self.named, self.slices()):  # one tensor-sized temporary at a time
+            param.copy_(torch.add(self.master[part], noise[part], alpha=scale).view(param.shape))
 
     def restore(self) -> None:
         self.load(self.master)
