@@ -57,7 +57,8 @@ class ArithmeticTask(Task):
 
     def __init__(self, data_dir: str | None = None, seed: int = 0, eval_size: int = N_HELD_OUT, **unknown: Any):
         if unknown:
-            raise EsftError(f"task '{self.name}' got unknown option(s) {', '.join(sorted(unknown))}; it takes eval_size")
+            names = ", ".join(sorted(unknown))
+            raise EsftError(f"task '{self.name}' got unknown option(s) {names}; it takes only eval_size")
         if not 1 <= int(eval_size) <= N_HELD_OUT:
             raise EsftError(f"task '{self.name}': eval_size={eval_size} must be between 1 and {N_HELD_OUT}")
         self.eval_size = int(eval_size)
