@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from esft.errors import EsftError
+from esft.faults import fault_point
 from esft.rundir import write_json_atomic
 
 WEIGHTS = "weights.safetensors"
@@ -38,6 +39,7 @@ def save_checkpoint(root: Path, step: int, tensors: dict[str, torch.Tensor], sta
     try:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(staging / WEIGHTS))
         write_json_atomic(staging / STATE, {**state, "step": step})
+        fault_point("checkpoint", step)
         os.chmod(staging, 0o755)
         if final.exists():
             shutil.rmtree(final)

@@ -21,7 +21,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from esft.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from esft.curriculum import Stage, build_eval_tasks, build_stages
+from esft.diagnostics import build_off_task_kl
 from esft.errors import EsftError
+from esft.faults import fault_point
 from esft.evaluation import Evaluator
 from esft.policy import Policy
 from esft.progress import RunDisplay
@@ -40,6 +42,36 @@ def config_fingerprint(cfg: dict[str, Any]) -> str:
     stable = {k: v for k, v in cfg.items() if k not in _VOLATILE_KEYS}
     stable.get("model", {}).pop("cache_dir", None)
     return hashlib.sha256(json.dumps(stable, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class StageHooks:
+    """The schedule of one stage, for the ES loop and for trainers that run a stage in their own loop
+    (`run_stage(stage, hooks)`, e.g. TRL's GRPOTrainer): after each optimizer step they call `step_done`, and
+    when `checkpoint_due` says so they save their own state and then call `checkpoint`. So steps, metrics
+    rows, periodic evaluations and checkpoints line up whatever runs the loop; the stage's last step gets
+    neither (the experiment's stage_end evaluation and checkpoint follow)."""
+
+    def __init__(self, experiment: "Experiment", stage: Stage) -> None:
+        self.experiment, self.stage = experiment, stage
+        self.steps = range(max(stage.first_step, experiment.start_step + 1), stage.last_step + 1)
+        self.checkpoint_dir = experiment.run.checkpoints
+
+    def step_done(self, step: int, metrics: dict[str, Any]) -> None:
+        """Write the step's metrics row, show it, and score every task when `eval.every` divides the step."""
+        exp = self.experiment
+        metrics["wall_time"] = round(time.time() - exp.started, 3)
+        exp.writers[METRICS_FILE].write(metrics)
+        exp.display.step(metrics)
+        if step != self.stage.last_step and exp.every and step % exp.every == 0:
+            exp._evaluate(step, self.stage.index, "periodic")
+
+    def checkpoint_due(self, step: int) -> bool:
+        every = self.experiment.checkpoint_every
+        return step != self.stage.last_step and bool(every) and step % every == 0
+
+    def checkpoint(self, step: int) -> None:
+        self.experiment.run.set_status("running", step=step, stage=self.stage.index)
+        self.experiment._checkpoint(step, self.stage.index)
 
 
 class Experiment:
@@ -63,6 +95,7 @@ class Experiment:
         self.evaluator = Evaluator(self.policy, self.tasks, self.roles, int(eval_cfg.get("batch_size", 256)),
                                    eval_cfg.get("size"))
         self.trainer = build_trainer(self.method, self.policy, self.cfg, lambda row: self.writers[REPLAY_FILE].write(row))
+        self.off_task_kl = build_off_task_kl(self.policy, self.cfg, self.tasks, self.roles, self.trainer)
         self.start_step = self._resume()  # repairs the logs before they are reopened for appending
         self.writers = {name: self.run.writer(name) for name in _LOGS}
         self._write_run_info()
@@ -112,18 +145,17 @@ class Experiment:
         self.display.stage(stage.index, stage.task.name, max(self.start_step, stage.first_step - 1))
         if self.start_step < stage.first_step:
             self._evaluate(stage.first_step - 1, stage.index, "stage_start")
-        for step in range(max(stage.first_step, self.start_step + 1), stage.last_step + 1):
-            self.run.set_status("running", step=step - 1, stage=stage.index)
-            metrics = self.trainer.step(step)
-            metrics["wall_time"] = round(time.time() - self.started, 3)
-            self.writers[METRICS_FILE].write(metrics)
-            self.display.step(metrics)
-            if step == stage.last_step:
-                break
-            if self.every and step % self.every == 0:
-                self._evaluate(step, stage.index, "periodic")
-            if self.checkpoint_every and step % self.checkpoint_every == 0:
-                self._checkpoint(step, stage.index)
+        hooks = StageHooks(self, stage)
+        if hasattr(self.trainer, "run_stage"):  # a trainer with its own loop (TRL's GRPO) calls back into the schedule
+            self.trainer.run_stage(stage, hooks)
+        else:
+            for step in hooks.steps:
+                self.run.set_status("running", step=step - 1, stage=stage.index)
+                metrics = self.trainer.step(step)
+                fault_point("step_done", step)
+                hooks.step_done(step, metrics)
+                if hooks.checkpoint_due(step):
+                    hooks.checkpoint(step)
         self._evaluate(stage.last_step, stage.index, "stage_end")
         self._checkpoint(stage.last_step, stage.index)
 
@@ -134,6 +166,8 @@ class Experiment:
                                             "event": event, **row})
         eval_cfg = self.cfg.get("eval", {})
         diagnostics = self.trainer.diagnostics(bool(eval_cfg.get("layer_distances", True)))
+        if self.off_task_kl is not None:
+            diagnostics["kl_to_base"] = self.off_task_kl.measure(self.trainer.reference_weights)
         self.writers[DIAGNOSTICS_FILE].write({"step": step, "stage": stage, "event": event, **diagnostics})
         self.display.evals(step, event, rows)
 

@@ -8,8 +8,6 @@ from esft.errors import EsftError
 from esft.policy import Policy, _cut_at_stop
 from esft.tasks.base import Prompt
 
-from conftest import micro_policy
-
 TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</{{ m['role'] }}>{% endfor %}"
             "{% if add_generation_prompt %}<assistant>{% endif %}")
 
@@ -19,8 +17,7 @@ def test_plain_prompt_without_template_appends_reply_prefix(policy):
     assert policy.format_prompt(Prompt("Q?", system="S", response_prefix="<think>")) == "Q?<think>"
 
 
-def test_chat_template_renders_system_user_and_prefix():
-    policy = micro_policy()
+def test_chat_template_renders_system_user_and_prefix(policy):
     policy.tokenizer.chat_template = TEMPLATE
     policy.use_chat_template = True
     rendered = policy.format_prompt(Prompt("Q?", system="S", response_prefix="<think>"))

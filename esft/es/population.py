@@ -1,22 +1,117 @@
-"""Ways to evaluate a population. All return one fitness per member, in member order.
+"""Ways to evaluate a population, and the fitness they evaluate. All return one fitness per member, in order.
 
-`inplace` is the papers' loop made exact and cheap: members are evaluated one at a time by loading
-master + s * sigma * eps into the model (never by adding and subtracting noise in the model's precision),
-each antithetic pair shares one noise draw, and the draws can be kept for the update instead of regenerated.
+- `inplace` is the papers' loop made exact and cheap: members are evaluated one at a time by loading
+  master + s * sigma * eps into the model (never by adding and subtracting noise in the model's precision),
+  each antithetic pair shares one noise draw, and the draws are kept for the update instead of regenerated.
+- `lowrank` is EGGROLL's batched evaluation (esft/es/lowrank.py): every member's copy of the prompts is stacked
+  into one batch and each layer adds its member's rank-r correction, so the base weights are read once per
+  forward for the whole population. Its noise is low-rank (LowRankNoise), and so are its update and replay.
+
+The seam: `evaluate(seeds, fitness) -> (rewards, cache)`. `fitness` is a StepFitness: `fitness()` scores the
+weights the model holds now (one member), `fitness.batched(n)` scores n members whose rows are stacked
+member-major in one batch (the lowrank hooks know which member each row block belongs to). `cache` maps a
+noise draw to what the update needs (inplace: the flat eps; lowrank: the factors), or is empty.
+
+StepFitness prepares the step's prompts once (tokenised, padded) and reuses them for every member: the
+exact-answer shortcut (one teacher-forced forward, see Policy.exact_match) with the tokenisation and the
+per-row checks hoisted out of the member loop, or generation through Policy.generate (greedy, KV cache, and
+Hugging Face's early stop once every sequence has finished).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, Union
 
+import numpy as np
 import torch
 
 from esft.errors import EsftError
+from esft.es.lowrank import LowRankNoise, perturb_members
 from esft.es.noise import NoiseGenerator
 from esft.es.params import FlatParams
 from esft.es.strategy import ESSettings
+from esft.policy import Policy
+from esft.tasks.base import Example, Task
 
-Fitness = Callable[[], float]
+Noise = Union[NoiseGenerator, LowRankNoise]
+
+
+class _PreparedExactMatch:
+    """Policy.exact_match with the step's rows encoded once; `matches(n)` scores n stacked copies at once.
+
+    It mirrors Policy.exact_match (same encoding helpers, same targets, same forward) and is checked equal to
+    it and to real generation in tests/test_exact_match.py; the per-row Python loop is vectorised because the
+    stacked batch has N x M rows.
+    """
+
+    def __init__(self, policy: Policy, task: Task, examples: Sequence[Example]) -> None:
+        eos, budget = policy.tokenizer.eos_token_id, task.max_new_tokens
+        rows, lengths = [], []
+        for example in examples:
+            target = policy._encode(example.answer)
+            if len(target) > budget:
+                target = []  # cannot be produced within the budget: scored wrong
+            elif len(target) < budget and eos is not None:
+                target = target + [eos]  # greedy must also stop right there
+            rows.append(policy._encode_prompt(task.prompt(example)) + target)
+            lengths.append(len(target))
+        self.policy = policy
+        self.ids, self.mask = policy._left_pad(rows)
+        self.positions = (self.mask.cumsum(-1) - 1).clamp(min=0)
+        self.lengths = torch.tensor(lengths, device=self.ids.device)
+        self.keep = max(lengths, default=0) + 1
+
+    @torch.no_grad()
+    def matches(self, members: int, rows_per_forward: int) -> torch.Tensor:
+        """Bool per (member, prompt), member-major. Several members always share ONE forward (the lowrank
+        hooks need whole members per batch); a single member's rows are split by `rows_per_forward`."""
+        if members == 1:
+            parts = [self._forward(slice(s, s + rows_per_forward), 1)
+                     for s in range(0, self.ids.shape[0], rows_per_forward)]
+            return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.bool)
+        return self._forward(slice(None), members)
+
+    def _forward(self, rows: slice, members: int) -> torch.Tensor:
+        ids, mask, positions = (t[rows].repeat(members, 1) for t in (self.ids, self.mask, self.positions))
+        lengths = self.lengths[rows].repeat(members)
+        logits = self.policy.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                   logits_to_keep=self.keep).logits
+        self.policy.counts.forward += int(mask.sum())
+        width = self.keep - 1
+        predicted = logits[:, :-1].argmax(-1)
+        actual = ids[:, ids.shape[1] - width:]
+        scored = torch.arange(width, device=ids.device) >= (width - lengths).unsqueeze(1)
+        return (((predicted == actual) | ~scored).all(-1) & (lengths > 0)).cpu()
+
+
+class StepFitness:
+    """The fitness of one ES step: mean reward on the step's prompts under the weights being evaluated."""
+
+    def __init__(self, policy: Policy, task: Task, examples: Sequence[Example], batch_size: int = 256) -> None:
+        self.policy, self.task, self.examples = policy, task, list(examples)
+        self.batch_size = batch_size
+        self._exact = _PreparedExactMatch(policy, task, self.examples) if task.exact_answer else None
+        self._prompts = [task.prompt(e) for e in self.examples]
+
+    @property
+    def members_per_call(self) -> int:
+        """How many members `batched` may stack: whole members within `batch_size` rows (eval.batch_size)."""
+        return max(1, self.batch_size // max(1, len(self.examples)))
+
+    def __call__(self) -> float:
+        return self.batched(1)[0]
+
+    def batched(self, members: int) -> list[float]:
+        """Mean reward of each of `members` stacked copies (all in one forward / one generate call)."""
+        if self._exact is not None:
+            rewards = self._exact.matches(members, self.batch_size).numpy().astype(np.float64)
+        else:
+            completions = self.policy.generate(self._prompts * members, self.task.max_new_tokens, self.task.stop,
+                                               batch_size=len(self._prompts) * members)
+            rewards = np.array([self.task.reward(c, e) for c, e in zip(completions, self.examples * members)],
+                               dtype=np.float64)
+        return rewards.reshape(members, -1).mean(1).tolist()
 
 
 class InplaceEvaluator:
@@ -24,15 +119,14 @@ class InplaceEvaluator:
 
     name = "inplace"
 
-    def __init__(self, params: FlatParams, noise: NoiseGenerator, settings: ESSettings,
-                 cache_noise: bool = True) -> None:
+    def __init__(self, params: FlatParams, noise: Noise, settings: ESSettings, cache_noise: bool = True) -> None:
         self.params = params
         self.noise = noise
         self.settings = settings
         self.cache_noise = cache_noise
-        self._buffer = torch.empty(params.numel, device=params.device)
+        self._buffer = None if cache_noise else torch.empty(params.numel)  # one reused draw when not caching
 
-    def evaluate(self, seeds: Sequence[int], fitness: Fitness) -> tuple[list[float], dict[int, torch.Tensor]]:
+    def evaluate(self, seeds: Sequence[int], fitness: StepFitness) -> tuple[list[float], dict[int, torch.Tensor]]:
         """Fitness of every member; also the noise draws kept for the update (empty if not caching)."""
         rewards: list[float] = []
         cache: dict[int, torch.Tensor] = {}
@@ -51,11 +145,58 @@ class InplaceEvaluator:
         return rewards, cache
 
 
-EVALUATORS = {"inplace": InplaceEvaluator}
+class LowRankEvaluator:
+    """EGGROLL: members stacked in one batched forward / generate call, as many per call as fit in the
+    fitness' batch_size rows (eval.batch_size; `member_chunk` overrides). On CPU a few hundred rows per forward
+    is already compute-bound, so stacking more buys nothing (feasibility.md 2.8); on a GPU, raise the batch size
+    so the whole population shares one call."""
+
+    name = "lowrank"
+
+    def __init__(self, params: FlatParams, noise: Noise, settings: ESSettings, cache_noise: bool = True,
+                 member_chunk: int | None = None) -> None:
+        if not isinstance(noise, LowRankNoise):
+            raise EsftError("es.evaluator=lowrank needs low-rank noise (build it with build_noise)")
+        self.params, self.noise, self.settings = params, noise, settings
+        self.cache_noise = cache_noise
+        self.member_chunk = member_chunk
+        self.parameters = [p for _, p in params.named]
+        _share_master(params)
+
+    def evaluate(self, seeds: Sequence[int], fitness: StepFitness) -> tuple[list[float], dict[int, Any]]:
+        draws = [self.noise.draw(seed) for seed in seeds]
+        members = [self.settings.member(i) for i in range(self.settings.population_size)]
+        rewards: list[float] = []
+        per_call = self.member_chunk or fitness.members_per_call
+        for start in range(0, len(members), per_call):
+            chunk = members[start:start + per_call]
+            with perturb_members(self.params.model, self.parameters, self.noise, draws, chunk, self.settings.sigma):
+                rewards.extend(float(r) for r in fitness.batched(len(chunk)))
+        return rewards, (dict(enumerate(draws)) if self.cache_noise else {})
 
 
-def build_evaluator(name: str, params: FlatParams, noise: NoiseGenerator, settings: ESSettings,
-                    cache_noise: bool) -> InplaceEvaluator:
+def _share_master(params: FlatParams) -> None:
+    """Point an fp32 model straight at the master vector: the lowrank forward never writes the weights (the
+    perturbation lives in the hooks), so FlatParams' separate working copy would only cost D floats more."""
+    if params._aliased and params.work is not params.master:
+        params.work = params.master
+        params._alias_model_to_work()
+
+
+EVALUATORS = {"inplace": InplaceEvaluator, "lowrank": LowRankEvaluator}
+
+
+def build_noise(es_cfg: Mapping[str, Any], params: FlatParams) -> Noise:
+    """The noise definition follows the evaluator: low-rank for `lowrank`, else es.noise (iid | correlated)."""
+    if str(es_cfg.get("evaluator", "inplace")) == "lowrank":
+        if str(es_cfg.get("noise", "iid")) != "iid":
+            raise EsftError("es.evaluator=lowrank defines its own noise; leave es.noise=iid")
+        return LowRankNoise(params.shapes, es_cfg.get("rank", 1), bool(es_cfg.get("freeze_nonmatrix", False)))
+    return NoiseGenerator(params.sizes, params.shapes, str(es_cfg.get("noise", "iid")))
+
+
+def build_evaluator(name: str, params: FlatParams, noise: Noise, settings: ESSettings,
+                    cache_noise: bool) -> InplaceEvaluator | LowRankEvaluator:
     if name not in EVALUATORS:
         raise EsftError(f"unknown es.evaluator '{name}'; use one of: {', '.join(EVALUATORS)}")
     return EVALUATORS[name](params, noise, settings, cache_noise)

@@ -4,37 +4,79 @@ Each logged step holds the draws' seeds and shaped coefficients and the AWD sett
 the same `accumulate_update` / `apply_update` / `apply_awd` calls as training reproduces the live weights bit
 for bit (same noise streams, same fp32 operations in the same order). The `stage` anchor is the replayed
 weights at the first step of each stage, exactly as in training.
+
+`apply_step` is the one function that turns a step's seeds and coefficients into new weights; the live trainer
+calls it too. Each row names its noise definition (`noise`: iid | correlated | lowrank, plus `rank` and
+`freeze_nonmatrix` for lowrank), so `noise_from_row` rebuilds the generator the run used; rows written before
+that field existed are iid.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Union
 
 import torch
 
+from esft.errors import EsftError
 from esft.es.awd import apply_awd
+from esft.es.lowrank import LowRankNoise, apply_lowrank_step
 from esft.es.noise import NoiseGenerator
 from esft.es.strategy import ESSettings, accumulate_update, apply_update
 
+Noise = Union[NoiseGenerator, LowRankNoise]
 
-def apply_logged_step(theta: torch.Tensor, anchor: torch.Tensor, row: Mapping[str, Any],
-                      noise: NoiseGenerator) -> None:
+
+def noise_description(noise: Noise) -> dict[str, Any]:
+    """The replay-log fields that name a noise definition."""
+    return noise.describe() if isinstance(noise, LowRankNoise) else {"noise": noise.mode}
+
+
+def noise_from_row(row: Mapping[str, Any], shapes: Sequence[tuple[int, ...]]) -> Noise:
+    """The noise generator a logged step was drawn from, for parameters of the given shapes."""
+    mode = row.get("noise", "iid")
+    if mode == "lowrank":
+        return LowRankNoise(shapes, int(row["rank"]), bool(row["freeze_nonmatrix"]))
+    return NoiseGenerator([int(torch.Size(s).numel()) for s in shapes], shapes, mode)
+
+
+@torch.no_grad()
+def apply_step(theta: torch.Tensor, anchor: torch.Tensor, noise: Noise, seeds: Sequence[int],
+               coefficients: Sequence[float], settings: ESSettings, awd_kind: str, awd_lambda: float,
+               cache: Mapping[int, Any] | None = None) -> float:
+    """theta += alpha/N sum_k c_k eps_k, then the AWD pull; returns |theta_new - theta_old|. `cache` holds the
+    step's noise (flat eps, or low-rank factors) when the evaluator kept it; it equals the regenerated noise."""
+    strength = settings.alpha * awd_lambda
+    if isinstance(noise, LowRankNoise):
+        draws = [cache[d] for d in range(len(seeds))] if cache else None
+        return apply_lowrank_step(theta, anchor, noise, seeds, coefficients,
+                                  settings.alpha / settings.population_size, awd_kind, strength, draws)
+    noise_of = (lambda d: cache[d]) if cache else (lambda d: noise.flat(seeds[d]).to(theta.device))
+    direction = accumulate_update(coefficients, noise_of, theta.numel(), theta.device)
+    before = theta.clone()
+    apply_update(theta, direction, settings)
+    apply_awd(theta, anchor, awd_kind, strength)
+    return float(torch.linalg.vector_norm(theta - before))
+
+
+def apply_logged_step(theta: torch.Tensor, anchor: torch.Tensor, row: Mapping[str, Any], noise: Noise) -> None:
     """Apply one replay-log row to theta in place (no-op for a skipped step)."""
     coefficients = row.get("coefficients")
     if not coefficients:
         return
-    seeds = row["seeds"]
+    logged = row.get("noise", "iid")
+    if logged != noise.mode:
+        raise EsftError(f"replay-log step {row.get('step')} used {logged} noise, the generator given is {noise.mode}")
     settings = ESSettings(int(row["population_size"]), float(row["sigma"]), float(row["alpha"]))
-    direction = accumulate_update(coefficients, lambda draw: noise.flat(seeds[draw]).to(theta.device),
-                                  theta.numel(), theta.device)
-    apply_update(theta, direction, settings)
-    apply_awd(theta, anchor, row["awd_kind"], float(row["alpha"]) * float(row["awd_lambda"]))
+    apply_step(theta, anchor, noise, row["seeds"], coefficients, settings, row["awd_kind"], float(row["awd_lambda"]))
 
 
-def replay(theta0: torch.Tensor, rows: Iterable[Mapping[str, Any]], noise: NoiseGenerator,
-           until_step: int | None = None) -> torch.Tensor:
-    """Weights after `until_step` (all rows if None), starting from theta0."""
+def replay(theta0: torch.Tensor, rows: Iterable[Mapping[str, Any]], noise: Noise | None = None,
+           until_step: int | None = None, shapes: Sequence[tuple[int, ...]] | None = None) -> torch.Tensor:
+    """Weights after `until_step` (all rows if None), starting from theta0. Without `noise`, each row's own
+    noise definition is rebuilt from `shapes` (the trainable parameters' shapes, in FlatParams order)."""
+    if noise is None and shapes is None:
+        raise ValueError("replay needs the noise generator or the parameter shapes")
     theta = theta0.clone()
     anchor = theta0
     stage = None
@@ -44,5 +86,5 @@ def replay(theta0: torch.Tensor, rows: Iterable[Mapping[str, Any]], noise: Noise
         if row.get("stage") != stage:
             stage = row.get("stage")
             anchor = theta.clone() if row.get("awd_anchor") == "stage" else theta0
-        apply_logged_step(theta, anchor, row, noise)
+        apply_logged_step(theta, anchor, row, noise if noise is not None else noise_from_row(row, shapes))
     return theta

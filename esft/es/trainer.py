@@ -15,13 +15,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from esft.es.awd import apply_awd, validate_awd
-from esft.es.noise import NoiseGenerator
+from esft.es.awd import validate_awd
 from esft.es.params import FlatParams
-from esft.es.population import build_evaluator
-from esft.es.strategy import ESSettings, accumulate_update, apply_update, ask, tell
-from esft.evaluation import score_examples
+from esft.es.population import StepFitness, build_evaluator, build_noise
+from esft.es.replay import apply_step, noise_description
+from esft.es.strategy import ESSettings, ask, tell
 from esft.policy import Policy
+from esft.rl.common import peak_memory, reset_peak_memory
 from esft.tasks.base import Task
 
 
@@ -47,7 +47,7 @@ class ESTrainer:
         validate_awd(self.awd_kind, self.awd_lambda, self.settings.alpha, self.awd_anchor)
         self.policy = policy
         self.params = FlatParams(policy.model)
-        self.noise = NoiseGenerator(self.params.sizes, self.params.shapes, str(es_cfg.get("noise", "iid")))
+        self.noise = build_noise(es_cfg, self.params)  # low-rank for es.evaluator=lowrank, else es.noise
         self.population = build_evaluator(str(es_cfg.get("evaluator", "inplace")), self.params, self.noise,
                                           self.settings, bool(es_cfg.get("cache_noise", True)))
         self.prompts_per_step = es_cfg.get("prompts_per_step")
@@ -67,6 +67,7 @@ class ESTrainer:
         if stage != self.stage and self.awd_anchor == "stage":
             self.anchor = self.params.master.clone()
         self.stage, self.task = stage, task
+        reset_peak_memory(self.params.device)  # peak_rss_mb in the metrics rows is per stage
 
     def step(self, step: int) -> dict[str, Any]:
         assert self.task is not None, "set_stage() must be called before step()"
@@ -75,17 +76,13 @@ class ESTrainer:
         train = self.task.train_examples()
         chosen = [train[i] for i in sample_indices(self.seed, step, len(train), self.prompts_per_step)]
         seeds = ask(self.seed, step, self.settings)
-        fitness = lambda: float(score_examples(self.policy, self.task, chosen, self.batch_size).reward.mean())
+        fitness = StepFitness(self.policy, self.task, chosen, self.batch_size)  # prompts encoded once per step
         rewards, cache = self.population.evaluate(seeds, fitness)
         told = tell(rewards, self.settings)
         update_norm = 0.0
-        if told.coefficients is not None:
-            noise_of = (lambda d: cache[d]) if cache else (lambda d: self.noise.flat(seeds[d]).to(self.params.device))
-            direction = accumulate_update(told.coefficients, noise_of, self.params.numel, self.params.device)
-            before = self.params.master.clone()
-            apply_update(self.params.master, direction, self.settings)
-            apply_awd(self.params.master, self.anchor, self.awd_kind, self.settings.alpha * self.awd_lambda)
-            update_norm = float(torch.linalg.vector_norm(self.params.master - before))
+        if told.coefficients is not None:  # the same function replays the log (bit-identical weights)
+            update_norm = apply_step(self.params.master, self.anchor, self.noise, seeds, told.coefficients,
+                                     self.settings, self.awd_kind, self.awd_lambda, cache)
             self.params.restore()
         self.replay_log(self._replay_row(step, seeds, told.coefficients))
         return self._metrics(step, told, update_norm, started, counts_before, len(chosen))
@@ -95,7 +92,7 @@ class ESTrainer:
         return {"step": step, "stage": self.stage, "task": self.task.name, "seeds": seeds,
                 "coefficients": coefficients, "population_size": s.population_size, "sigma": s.sigma,
                 "alpha": s.alpha, "antithetic": s.antithetic, "awd_kind": self.awd_kind,
-                "awd_lambda": self.awd_lambda, "awd_anchor": self.awd_anchor}
+                "awd_lambda": self.awd_lambda, "awd_anchor": self.awd_anchor, **noise_description(self.noise)}
 
     def _metrics(self, step: int, told, update_norm: float, started: float, counts_before: tuple[int, int],
                  prompts: int) -> dict[str, Any]:
@@ -111,7 +108,7 @@ class ESTrainer:
             "forward_tokens": self.policy.counts.forward - counts_before[0],
             "generated_tokens": self.policy.counts.generated - counts_before[1],
             "backward_tokens": 0,
-            "seconds": round(time.perf_counter() - started, 4),
+            "seconds": round(time.perf_counter() - started, 4), **peak_memory(self.params.device),
         }
 
     # -- checkpoints -----------------------------------------------------------------------------------
@@ -130,6 +127,12 @@ class ESTrainer:
         if self.awd_anchor == "stage" and "anchor" in state:
             self.anchor = state["anchor"].to(self.params.device).clone()
         self.params.restore()
+
+    def reference_weights(self):
+        """Context manager: the model computes with theta0 inside the block (for the off-task KL)."""
+        from esft.diagnostics import loaded
+
+        return loaded(lambda: self.params.load(self.params.theta0), self.params.restore)
 
     def finalize(self) -> None:
         """Detach the model from the working buffer so it can be saved with save_pretrained."""

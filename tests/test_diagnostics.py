@@ -1,0 +1,26 @@
+"""Off-task KL: zero at theta0, positive after the weights move, and measured on base-model continuations."""
+
+from __future__ import annotations
+
+import torch
+
+from esft.diagnostics import OffTaskKL
+from esft.es.trainer import ESTrainer
+
+
+def _trainer(policy):
+    es = {"population_size": 2, "sigma": 0.1, "alpha": 0.1, "antithetic": True}
+    return ESTrainer(policy, es, {"kind": "l2", "lambda": 0.0, "anchor": "start"}, 0, lambda row: None)
+
+
+def test_kl_is_zero_at_theta0_and_grows_when_weights_move(policy, digit_task):
+    trainer = _trainer(policy)
+    kl = OffTaskKL(policy, {"digits": digit_task}, samples=8, max_new_tokens=2, batch_size=4)
+    assert kl.measure(trainer.reference_weights)["digits"] == 0.0
+    trainer.params.master.add_(0.05 * torch.randn_like(trainer.params.master))
+    trainer.params.restore()
+    moved = kl.measure(trainer.reference_weights)["digits"]
+    assert moved > 0
+    # the reference context restored the current weights afterwards
+    for (_, param), (_, part) in zip(trainer.params.named, trainer.params.slices()):
+        assert torch.equal(param.detach().reshape(-1), trainer.params.master[part])
