@@ -24,7 +24,8 @@ Per run:
                   alpha*sqrt(D/N * (1 - (1-c)^(2T)) / (2c - c^2)), which is the sum of the decayed per-step
                   variances and saturates at alpha*sqrt(D/(N*(2c - c^2))). `ratio` = measured / prediction
                   (the AWD-aware one; null for AWD-L1, which has no closed form here). ES only.
-  compute         sums of forward_tokens, population_evals, generated_tokens and seconds over metrics rows,
+  compute         sums of forward/backward_tokens, population_evals, generated_tokens and seconds over metrics rows
+                  (compute_tokens = forward + 2 x backward tokens, proportional to FLOPs),
                   for the whole run and for the new stage alone
 """
 
@@ -39,7 +40,10 @@ from esft.report.load import Run
 Point = tuple[int, float]
 #: the per-prior-task metrics, in table order
 DRIFT_FIELDS = ("start", "min", "min_step", "final", "max_drop", "final_drop", "recovery", "area")
-COMPUTE_FIELDS = ("forward_tokens", "population_evals", "generated_tokens", "seconds")
+LOGGED_COMPUTE = ("forward_tokens", "backward_tokens", "population_evals", "generated_tokens", "seconds")
+# compute_tokens = forward + 2 x backward tokens: proportional to training FLOPs (~2D per forward token,
+# ~4D per backward token), so ES (forward only) and GRPO/PPO (forward + backward) compare at equal compute.
+COMPUTE_FIELDS = ("compute_tokens", *LOGGED_COMPUTE)
 
 
 def cfg_get(config: dict[str, Any], dotted: str, default: Any = None) -> Any:
@@ -198,10 +202,12 @@ def compute_used(run: Run, stage: int | None = None) -> dict[str, Any]:
     """Sums of the compute counters over metrics rows (of one stage when given); null if never logged."""
     rows = [r for r in run.metrics if stage is None or r.get("stage") == stage]
     out: dict[str, Any] = {}
-    for name in COMPUTE_FIELDS:
+    for name in LOGGED_COMPUTE:
         values = [r[name] for r in rows if isinstance(r.get(name), (int, float))]
         out[name] = sum(values) if values else None
-    return out
+    forward = out["forward_tokens"]
+    out["compute_tokens"] = None if forward is None else forward + 2 * (out["backward_tokens"] or 0)
+    return {name: out[name] for name in COMPUTE_FIELDS}
 
 
 def new_task_gain(run: Run, new: dict[str, Any]) -> dict[str, Any]:

@@ -159,8 +159,8 @@ def plot_theta(summary: dict[str, Any], curves: dict[str, Any], path: Path) -> N
 
 
 def _cost(group: dict[str, Any]) -> tuple[dict[str, Any], str]:
-    if group["new_stage_forward_tokens"]["n"]:
-        return group["new_stage_forward_tokens"], "forward tokens in the new stage"
+    if group["new_stage_compute_tokens"]["n"]:
+        return group["new_stage_compute_tokens"], "compute in the new stage (forward + 2 x backward tokens)"
     return group["new_stage_population_evals"], "population evaluations in the new stage"
 
 

@@ -56,11 +56,11 @@ def fmt_states(states: dict[str, int]) -> str:
 
 def groups_table(summary: dict[str, Any]) -> TableData:
     headers = ["group", "runs", "new task", "new-task gain", "ACC", "BWT", "mean max drop",
-               "|θ-θ0|", "|θ-θ0|/pred", "fwd tokens (new)", "pop. evals (new)"]
+               "|θ-θ0|", "|θ-θ0|/pred", "compute tok. (new)", "pop. evals (new)"]
     rows = [
         [g["label"], fmt_states(g["states"]), g["new_task"], fmt_agg(g["new_task_gain"]), fmt_agg(g["acc"]),
          fmt_agg(g["bwt"]), fmt_agg(g["mean_max_drop"]), fmt_agg(g["theta_final"], 4),
-         fmt_agg(g["theta_ratio"], 2), fmt_agg(g["new_stage_forward_tokens"], count=True),
+         fmt_agg(g["theta_ratio"], 2), fmt_agg(g["new_stage_compute_tokens"], count=True),
          fmt_agg(g["new_stage_population_evals"], count=True)]
         for g in summary["groups"]
     ]
@@ -87,14 +87,14 @@ def drift_table(summary: dict[str, Any]) -> TableData:
 
 def runs_table(summary: dict[str, Any]) -> TableData:
     headers = ["run", "group", "seed", "state", "steps", "new-task gain", "ACC", "BWT", "|θ-θ0|",
-               "|θ-θ0|/pred", "fwd tokens", "warnings"]
+               "|θ-θ0|/pred", "compute tok.", "warnings"]
     rows = []
     for r in summary["runs"]:
         planned = f"/{r['steps_planned']}" if r["steps_planned"] else ""
         rows.append([r["name"], r["group"], r["seed"] or MISSING, r["state"], f"{r['steps_done']}{planned}",
                      fmt_num(r["new_task_gain"]["gain"]), fmt_num(r["gem"]["acc"]), fmt_num(r["gem"]["bwt"]),
                      fmt_num(r["theta"]["final"], 4), fmt_num(r["theta"]["ratio"], 2),
-                     fmt_count(r["compute"]["forward_tokens"]), str(r["warnings"] or "")])
+                     fmt_count(r["compute"]["compute_tokens"]), str(r["warnings"] or "")])
     notes = [f"{r['name']}: {r['state']}: {r['message']}" for r in summary["runs"]
              if r["state"] == "failed" and r.get("message")]
     return TableData("Runs", headers, rows, notes)

@@ -93,9 +93,17 @@ def test_predicted_theta_saturates() -> None:
 
 def test_compute_totals(make_run) -> None:
     m = run_metrics(load_run(make_run(pop=8)))
-    assert m["compute"] == {"forward_tokens": 10_000, "population_evals": 80, "generated_tokens": 1000,
-                            "seconds": 5.0}
+    assert m["compute"] == {"compute_tokens": 10_000, "forward_tokens": 10_000, "backward_tokens": None,
+                            "population_evals": 80, "generated_tokens": 1000, "seconds": 5.0}
     assert m["compute_new_stage"]["forward_tokens"] == 6000 and m["compute_new_stage"]["population_evals"] == 48
+
+
+def test_compute_tokens_weigh_backward_twice(make_run) -> None:
+    run = load_run(make_run(pop=8))
+    for row in run.metrics:
+        row["backward_tokens"] = 100
+    m = run_metrics(run)
+    assert m["compute"]["backward_tokens"] == 1000 and m["compute"]["compute_tokens"] == 10_000 + 2 * 1000
 
 
 def test_running_run_reports_what_it_has(make_run) -> None:
