@@ -76,6 +76,23 @@ def drift_report(
 
 
 @app.command()
+def replay(
+    run_dir: str = typer.Argument(..., help="An ES run dir (with es_updates.jsonl)."),
+    step: int = typer.Option(..., "--step", help="Rebuild the weights after this global step (0 = theta0)."),
+    out: str = typer.Option(..., "--out", help="Directory for save_pretrained (weights + tokenizer)."),
+) -> None:
+    """Rebuild the weights at any step from theta0 and the replay log (AWD included), saved with save_pretrained."""
+    from esft.errors import EsftError
+    from esft.replay_command import replay_run
+
+    try:
+        message = replay_run(Path(run_dir), step, Path(out))
+    except EsftError as exc:
+        _fail(str(exc))
+    typer.echo(message)
+
+
+@app.command()
 def tasks() -> None:
     """List the available task names."""
     from esft.tasks.registry import available

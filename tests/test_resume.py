@@ -98,3 +98,17 @@ def test_finished_run_is_not_rerun(reference, tmp_path):
                            env=_env(tmp_path), capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "already done" in again.stderr + again.stdout
     assert (reference / "metrics.jsonl").read_text() == before
+
+
+@pytest.mark.slow
+def test_replay_command_rebuilds_checkpoints_and_final_weights(reference, tmp_path):
+    out = tmp_path / "replayed"
+    done = subprocess.run([sys.executable, "-m", "esft", "replay", str(reference), "--step", "8", "--out", str(out)],
+                          cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "bit-identical to step_0000008" in done.stdout
+    got, want = load_file(str(out / "model.safetensors")), _final(reference)
+    assert all((got[k] == want[k]).all() for k in want)
+    bad = subprocess.run([sys.executable, "-m", "esft", "replay", str(reference), "--step", "99", "--out", str(out)],
+                         cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "not in the replay log" in bad.stderr
