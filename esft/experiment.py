@@ -10,6 +10,7 @@ Everything goes to the run dir (esft/rundir.py); nothing exists only on screen.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -34,7 +35,7 @@ from esft.trainers import build_trainer, validate_method_config
 log = logging.getLogger("esft")
 
 # Keys that may change between a run and its resumption without changing what it computes.
-_VOLATILE_KEYS = ("progress", "checkpoint", "hydra")
+_VOLATILE_KEYS = ("progress", "checkpoint", "hydra", "distributed")  # distributed: same weights on any world size
 _LOGS = (METRICS_FILE, EVALS_FILE, DIAGNOSTICS_FILE, REPLAY_FILE)
 
 
@@ -114,8 +115,7 @@ class Experiment:
         info_path = self.run.path(RUN_INFO_FILE)
         checkpoint = latest_checkpoint(self.run.checkpoints)
         if checkpoint is None:
-            for name in _LOGS:  # a run killed before its first checkpoint starts over cleanly
-                repair_jsonl(self.run.path(name), keep=lambda row: False)
+            self._repair_logs(keep=lambda row: False)  # a run killed before its first checkpoint starts over cleanly
             return 0
         if info_path.exists() and read_json(info_path).get("config_fingerprint") != config_fingerprint(self.cfg):
             raise EsftError(f"run dir {self.run.root} was made by a different config; "
@@ -124,10 +124,14 @@ class Experiment:
         step, stage = int(state["step"]), int(state["stage"])
         self.trainer.load_state_dict(tensors, stage)
         done = lambda row: row.get("step", 0) < step or (row.get("step") == step and row.get("stage", 0) <= stage)
-        for name in _LOGS:
-            repair_jsonl(self.run.path(name), keep=done)
+        self._repair_logs(keep=done)
         log.info("resuming %s from checkpoint at step %d", self.run.root, step)
         return step
+
+    def _repair_logs(self, keep) -> None:
+        """Drop log rows that `keep` rejects (rows after the resumed checkpoint); torchrun followers skip it."""
+        for name in _LOGS:
+            repair_jsonl(self.run.path(name), keep=keep)
 
     # -- train -----------------------------------------------------------------------------------------
     def train(self) -> None:
@@ -187,6 +191,12 @@ class Experiment:
         for writer in getattr(self, "writers", {}).values():
             writer.close()
 
+    def _mark_failed(self, message: str) -> None:
+        try:
+            self.run.set_status("failed", message=message)
+        except OSError:  # e.g. the disk is still full: the error itself reaches the user anyway
+            log.error("could not record the failure in status.json")
+
     def run_all(self) -> Path:
         """setup -> train -> finish; a finished run dir is left untouched."""
         status = self.run.status() or {}
@@ -199,11 +209,18 @@ class Experiment:
             self.setup()
             self.train()
             self.finish()
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                self._mark_failed(f"{type(exc).__name__}: {exc}")
+                raise
+            latest = latest_checkpoint(self.run.checkpoints) if self.run.checkpoints.exists() else None
+            message = (f"disk full while writing {exc.filename or 'the run dir'}; the last complete checkpoint is "
+                       f"{latest.name if latest else 'none'}; free space, then `esft train --resume {self.run.root}`")
+            self._mark_failed(message)
+            raise EsftError(message) from None
         except BaseException as exc:
             message = str(exc) if isinstance(exc, EsftError) else f"{type(exc).__name__}: {exc}"
-            if isinstance(exc, KeyboardInterrupt):
-                message = "interrupted"
-            self.run.set_status("failed", message=message)
+            self._mark_failed("interrupted" if isinstance(exc, KeyboardInterrupt) else message)
             raise
         finally:
             self.close()

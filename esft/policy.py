@@ -48,6 +48,7 @@ def resolve_dtype(name: str) -> torch.dtype:
 class TokenCounts:
     forward: int = 0
     generated: int = 0
+    truncated: int = 0  # prompts cut to fit the context
 
 
 def _load_hf(name: str, dtype: torch.dtype) -> tuple[Any, Any]:
@@ -82,6 +83,7 @@ class Policy:
             tokenizer.pad_token = tokenizer.eos_token
         tokenizer.padding_side = "left"
         self.counts = TokenCounts()
+        self.context_length = getattr(getattr(model, "config", None), "max_position_embeddings", None)
 
     @classmethod
     def from_config(cls, model_cfg: Mapping[str, Any], log_fn: Callable[[str], None] = log.info) -> "Policy":
@@ -117,9 +119,25 @@ class Policy:
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def _encode_prompt(self, text: str | Prompt) -> list[int]:
-        # A chat template already carries BOS; raw prompts get the tokenizer's own specials (e.g. Llama's BOS).
-        return self.tokenizer(self.format_prompt(text), add_special_tokens=not self.use_chat_template)["input_ids"]
+    def _encode_prompt(self, text: str | Prompt, reserve: int = 0) -> list[int]:
+        """Token ids of a rendered prompt, cut from the left to fit the context with `reserve` tokens to spare.
+
+        A chat template already carries BOS; raw prompts get the tokenizer's own specials (e.g. Llama's BOS).
+        Left truncation keeps the end of the prompt (the question and the generation prompt); every truncation
+        is counted and the first one is logged, since it changes what the model sees.
+        """
+        ids = self.tokenizer(self.format_prompt(text), add_special_tokens=not self.use_chat_template)["input_ids"]
+        limit = self.context_length - reserve if self.context_length else None
+        if limit is not None and len(ids) > limit:
+            if limit <= 0:
+                raise EsftError(f"the model's context ({self.context_length} tokens) cannot hold a prompt plus "
+                                f"{reserve} new tokens; lower max_new_tokens")
+            if not self.counts.truncated:
+                log.warning("prompt of %d tokens truncated to the model's context (%d tokens with %d reserved for "
+                            "the completion); counted in later warnings", len(ids), self.context_length, reserve)
+            self.counts.truncated += 1
+            ids = ids[-limit:]
+        return ids
 
     def _left_pad(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(r) for r in rows)
@@ -147,7 +165,7 @@ class Policy:
                     target = []  # cannot be produced within the budget: scored wrong below
                 elif len(target) < max_new_tokens and eos is not None:
                     target = target + [eos]  # greedy must also stop right there
-                rows.append(self._encode_prompt(prompt) + target)
+                rows.append(self._encode_prompt(prompt, reserve=len(target)) + target)
                 targets.append(target)
             results.append(self._teacher_forced_match(rows, targets))
         return torch.cat(results) if results else torch.zeros(0, dtype=torch.bool)
@@ -176,7 +194,7 @@ class Policy:
         completions: list[str] = []
         pad, eos = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
         for start in range(0, len(prompts), batch_size):
-            rows = [self._encode_prompt(p) for p in prompts[start:start + batch_size]]
+            rows = [self._encode_prompt(p, reserve=max_new_tokens) for p in prompts[start:start + batch_size]]
             ids, mask = self._left_pad(rows)
             out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                                       do_sample=False, pad_token_id=pad, eos_token_id=eos,

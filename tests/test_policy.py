@@ -55,3 +55,14 @@ def test_unreachable_hub_id_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no network retries in the test
     with pytest.raises(EsftError, match="cannot load model"):
         Policy.from_config({"name": "no-such-org/no-such-model-xyz"})
+
+
+def test_prompts_longer_than_the_context_are_cut_from_the_left(policy, caplog):
+    context = policy.context_length  # 64 for the micro model
+    long_prompt = "x" * (context + 40) + "12+34="
+    ids = policy._encode_prompt(long_prompt, reserve=3)
+    assert len(ids) == context - 3 and policy.tokenizer.decode(ids).endswith("12+34=")
+    assert policy.counts.truncated == 1 and "truncated" in caplog.text
+    assert len(policy.generate([long_prompt], max_new_tokens=3)) == 1
+    with pytest.raises(EsftError, match="cannot hold a prompt"):
+        policy._encode_prompt("12", reserve=context)

@@ -1,0 +1,49 @@
+"""Checkpoints are atomic: a failed or killed write leaves the previous checkpoint and `latest` intact."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+import torch
+
+import esft.checkpoint as checkpoint
+from esft.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from esft.errors import EsftError
+
+
+def test_round_trip_and_pruning(tmp_path):
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path, step, {"master": torch.full((4,), float(step))}, {"stage": 0}, keep=2)
+    assert sorted(p.name for p in tmp_path.glob("step_*")) == ["step_0000002", "step_0000003"]
+    tensors, state = load_checkpoint(latest_checkpoint(tmp_path))
+    assert state == {"stage": 0, "step": 3} and torch.equal(tensors["master"], torch.full((4,), 3.0))
+
+
+def test_disk_full_during_a_write_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    save_checkpoint(tmp_path, 1, {"master": torch.ones(4)}, {"stage": 0})
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "save_file", full_disk)
+    with pytest.raises(OSError):
+        save_checkpoint(tmp_path, 2, {"master": torch.zeros(4)}, {"stage": 0})
+    assert latest_checkpoint(tmp_path).name == "step_0000001"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # staging cleaned up
+    assert torch.equal(load_checkpoint(latest_checkpoint(tmp_path))[0]["master"], torch.ones(4))
+
+
+def test_truncated_checkpoint_is_a_one_line_error(tmp_path):
+    path = save_checkpoint(tmp_path, 1, {"master": torch.ones(1000)}, {"stage": 0})
+    weights = path / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(EsftError, match="corrupt checkpoint .*delete it to resume from an earlier one"):
+        load_checkpoint(path)
+
+
+def test_dangling_latest_pointer_is_reported(tmp_path):
+    save_checkpoint(tmp_path, 1, {"master": torch.ones(2)}, {"stage": 0})
+    (tmp_path / "latest").write_text("step_0000009\n")
+    with pytest.raises(EsftError, match="corrupt checkpoint pointer"):
+        latest_checkpoint(tmp_path)
