@@ -72,7 +72,8 @@ def drift_report(
 
     from esft.report.command import drift_report as run_report
 
-    raise typer.Exit(run_report(paths, out, group_by, task, fmt, Console()))
+    console = Console() if sys.stdout.isatty() else Console(width=160)  # files and pipes: don't squeeze tables
+    raise typer.Exit(run_report(paths, out, group_by, task, fmt, console))
 
 
 @app.command()
