@@ -320,7 +320,8 @@ def table(result: dict) -> str:
     lines = [f"**{result['workload']}**: {result['parameters'] / 1e6:.2f}M parameters ({result['dtype']}), "
              f"N={result['population']} members x M={result['prompts']} prompts x {result['new_tokens']} tokens "
              f"({'exact-match reward, one teacher-forced forward' if result['exact'] else 'generated completions'})",
-             "", f"| method | member-evals/s | vs reference | of inference | evals/CPU-s | {memory} (method) | x fp32 |",
+             "", "| method | member-evals/s | vs reference | of inference | evals/CPU-s "
+             f"| {memory} (method) | x fp32 |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for name, r in result["methods"].items():
         note = f" ({r['members']} members)" if r["members"] != result["population"] else ""
@@ -371,8 +372,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"headline_workload": headline["workload"], "best_evaluator": headline["best"],
                           "speedup_vs_reference": round(headline["speedup_vs_reference"], 3),
                           "fraction_of_inference": round(headline["fraction_of_inference"], 3),
+                          "speedup_vs_reference_cpu": round(headline["speedup_vs_reference_cpu"], 3),
+                          "fraction_of_inference_cpu": round(headline["fraction_of_inference_cpu"], 3),
                           "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-                          "machine": machine, "command": " ".join(["python", "scripts/bench_es.py", *(argv or sys.argv[1:])]),
+                          "machine": machine,
+                          "command": " ".join(["python", "scripts/bench_es.py", *(argv or sys.argv[1:])]),
                           "workloads": results}))
     return 0
 

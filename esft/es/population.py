@@ -126,12 +126,14 @@ class InplaceEvaluator:
         self.cache_noise = cache_noise
         self._buffer = None if cache_noise else torch.empty(params.numel)  # one reused draw when not caching
 
-    def evaluate(self, seeds: Sequence[int], fitness: StepFitness) -> tuple[list[float], dict[int, torch.Tensor]]:
-        """Fitness of every member; also the noise draws kept for the update (empty if not caching)."""
+    def evaluate(self, seeds: Sequence[int], fitness: StepFitness, members: Sequence[int] | None = None,
+                 ) -> tuple[list[float], dict[int, torch.Tensor]]:
+        """Fitness of every member (or of `members` only: a torchrun rank's share, esft/es/sharded.py); also
+        the noise draws kept for the update (empty if not caching)."""
         rewards: list[float] = []
         cache: dict[int, torch.Tensor] = {}
         current_draw = -1
-        for member in range(self.settings.population_size):
+        for member in range(self.settings.population_size) if members is None else members:
             draw, sign = self.settings.member(member)
             if draw != current_draw:
                 eps = self.noise.flat(seeds[draw], out=None if self.cache_noise else self._buffer)
@@ -163,9 +165,12 @@ class LowRankEvaluator:
         self.parameters = [p for _, p in params.named]
         _share_master(params)
 
-    def evaluate(self, seeds: Sequence[int], fitness: StepFitness) -> tuple[list[float], dict[int, Any]]:
+    def evaluate(self, seeds: Sequence[int], fitness: StepFitness, members: Sequence[int] | None = None,
+                 ) -> tuple[list[float], dict[int, Any]]:
+        """Fitness of every member (or of `members` only: a torchrun rank's share), and the draws' factors."""
         draws = [self.noise.draw(seed) for seed in seeds]
-        members = [self.settings.member(i) for i in range(self.settings.population_size)]
+        indices = range(self.settings.population_size) if members is None else members
+        members = [self.settings.member(i) for i in indices]
         rewards: list[float] = []
         per_call = self.member_chunk or fitness.members_per_call
         for start in range(0, len(members), per_call):

@@ -142,9 +142,12 @@ ES = {"population_size": 4, "sigma": 0.3, "alpha": 0.05, "antithetic": True, "sh
 
 @pytest.mark.parametrize("es,awd", [
     (ES, {"kind": "l2", "lambda": 1.0, "anchor": "start"}),
-    ({**ES, "cache_noise": False, "freeze_nonmatrix": True, "rank": 1}, {"kind": "l1", "lambda": 0.5, "anchor": "stage"}),
+    ({**ES, "cache_noise": False, "freeze_nonmatrix": True, "rank": 1},
+     {"kind": "l1", "lambda": 0.5, "anchor": "stage"}),
+    ({**ES, "evaluator": "inplace"}, {"kind": "l2", "lambda": 1.0, "anchor": "start"}),
 ])
-def test_lowrank_training_replays_bit_for_bit(digit_task, es, awd):
+def test_training_replays_bit_for_bit_from_the_log_alone(digit_task, es, awd):
+    """The replay log names its noise (noise, rank, freeze_nonmatrix): the parameter shapes suffice to replay."""
     rows: list[dict] = []
     trainer = ESTrainer(micro_policy(), es, awd, seed=3, replay_log=rows.append, batch_size=64)
     step, moved = 0, False
@@ -154,12 +157,15 @@ def test_lowrank_training_replays_bit_for_bit(digit_task, es, awd):
             step += 1
             moved |= not trainer.step(step)["skipped"]
     assert moved, "the toy task must give ES some signal"
-    assert rows[0]["noise"] == "lowrank" and rows[0]["rank"] == es["rank"]
     rebuilt = replay(trainer.params.theta0, rows, shapes=trainer.params.shapes)
     assert torch.equal(rebuilt, trainer.params.master)
     assert not torch.equal(rebuilt, trainer.params.theta0)
-    with pytest.raises(Exception, match="lowrank noise"):
-        replay(trainer.params.theta0, rows, build_noise({"evaluator": "inplace"}, trainer.params))
+    if es["evaluator"] == "lowrank":
+        assert rows[0]["noise"] == "lowrank" and rows[0]["rank"] == es["rank"]
+        with pytest.raises(Exception, match="lowrank noise"):
+            replay(trainer.params.theta0, rows, build_noise({"evaluator": "inplace"}, trainer.params))
+    else:
+        assert rows[0]["noise"] == "iid"
 
 
 def test_rank_must_be_positive():

@@ -1,0 +1,98 @@
+"""Population sharding across torchrun ranks: the third evaluator of DESIGN.md section 3.
+
+Noise draw k (both members of an antithetic pair) belongs to rank k % world, so each rank generates only its
+own draws' noise and evaluates only their members with the ordinary evaluator (inplace or lowrank). The
+per-member rewards are then all-gathered, so every rank holds all N rewards in member order and `tell` shapes
+exactly what a single process would. The update needs every draw's noise: a rank uses the draws it cached and
+regenerates the others from their seeds (counter-based streams, DESIGN.md section 5), which is bit-identical
+to the cached noise, so every rank applies the same update as a single process, bit for bit.
+
+Each rank also adds the other ranks' forward/generated token counts to its policy's counters, so the metrics
+rows (written by rank 0) count the whole population's compute, as in a single-process run. Every
+`checksum_every` steps the ranks compare a sha256 of the master weights and fail loudly if they diverged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from esft import distributed
+from esft.es.params import FlatParams
+from esft.es.strategy import ESSettings
+from esft.policy import Policy
+
+
+class RegeneratingCache(dict):
+    """The step's noise cache: the draws this rank evaluated, and any other draw regenerated on first use.
+
+    `apply_step` reads `cache[d]` for every draw d when the cache is non-empty; regenerating a missing draw
+    here (instead of storing all of them) keeps memory at one extra draw, as with es.cache_noise=false."""
+
+    def __init__(self, cached: Mapping[int, Any], noise: Any, seeds: Sequence[int], params: FlatParams) -> None:
+        super().__init__(cached)
+        self.noise, self.seeds, self.params = noise, list(seeds), params
+
+    def __missing__(self, draw: int) -> Any:
+        if hasattr(self.noise, "flat"):  # full-rank noise: the flat eps on the weights' device
+            return self.noise.flat(self.seeds[draw]).to(self.params.device)
+        return self.noise.draw(self.seeds[draw])  # low-rank factors
+
+    def __bool__(self) -> bool:  # never "empty": apply_step must take the cache path on every rank alike
+        return True
+
+
+class ShardedPopulation:
+    """Wraps an evaluator (InplaceEvaluator or LowRankEvaluator): same `evaluate(seeds, fitness)` seam."""
+
+    def __init__(self, inner: Any, params: FlatParams, settings: ESSettings, policy: Policy,
+                 checksum_every: int = 50) -> None:
+        self.inner, self.params, self.settings, self.policy = inner, params, settings, policy
+        self.name = f"sharded-{inner.name}"
+        self.noise = inner.noise
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        self.checksum_every = int(checksum_every or 0)
+        self.calls = 0
+
+    def owner(self, member: int) -> int:
+        """The rank that evaluates `member`: the owner of its noise draw (antithetic pairs stay together)."""
+        draw, _ = self.settings.member(member)
+        return draw % self.world
+
+    def evaluate(self, seeds: Sequence[int], fitness: Any) -> tuple[list[float], dict[int, Any]]:
+        self._maybe_check_weights()
+        population = self.settings.population_size
+        owners = [self.owner(m) for m in range(population)]
+        mine = [m for m in range(population) if owners[m] == self.rank]
+        counts_before = (self.policy.counts.forward, self.policy.counts.generated)
+        local, cached = self.inner.evaluate(seeds, fitness, members=mine) if mine else ([], {})
+        values = [0.0] * population
+        for member, reward in zip(mine, local):
+            values[member] = reward
+        counts = [self.policy.counts.forward - counts_before[0], self.policy.counts.generated - counts_before[1]]
+        # one collective per step: the N rewards, then every rank's two compute counters
+        slots = values + [0.0] * (2 * self.world)
+        slots[population + 2 * self.rank: population + 2 * self.rank + 2] = counts
+        owners_all = owners + [r for r in range(self.world) for _ in range(2)]
+        gathered = distributed.gather_owned(slots, owners_all)
+        self._add_counts(gathered[population:], counts)
+        return gathered[:population], RegeneratingCache(cached, self.noise, seeds, self.params)
+
+    def _add_counts(self, per_rank: list[float], own: list[int]) -> None:
+        """Make this rank's counters count the whole population (the metrics rows report per-step totals)."""
+        self.policy.counts.forward += int(sum(per_rank[0::2])) - own[0]
+        self.policy.counts.generated += int(sum(per_rank[1::2])) - own[1]
+
+    def _maybe_check_weights(self) -> None:
+        """Compare the master weights before evaluating (the previous step's result; at the first call, the
+        loaded or resumed weights), every `checksum_every` calls."""
+        if self.checksum_every and self.calls % self.checksum_every == 0:
+            distributed.check_identical(self.params.master, "the master weights")
+        self.calls += 1
+
+
+def shard_population(trainer: Any, checksum_every: int = 50) -> None:
+    """Give an ES trainer a sharded population when running under torchrun with more than one rank."""
+    if distributed.world_size() > 1:
+        trainer.population = ShardedPopulation(trainer.population, trainer.params, trainer.settings,
+                                               trainer.policy, checksum_every)
