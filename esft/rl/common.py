@@ -301,3 +301,22 @@ def step_metrics(step: int, stage: int, task: str, rewards: Sequence[float] | np
         "forward_tokens": counts[0], "backward_tokens": counts[1], "generated_tokens": counts[2],
         "seconds": round(seconds, 4), **peak_memory(device), **extra,
     }
+
+
+class AnchoredTrainerMixin:
+    """Trainer-seam methods shared by the gradient baselines, which keep theta0 and the AWD anchor in
+    `self.anchor` (an `Anchor`) and run on `self.policy`."""
+
+    anchor: Anchor
+    policy: Policy
+
+    def reference_weights(self):
+        """Context manager: the model computes with theta0 inside the block (for the off-task KL)."""
+        return self.anchor.theta0_loaded()
+
+    def diagnostics(self, layer_distances: bool) -> dict[str, Any]:
+        row: dict[str, Any] = {"theta_dist": self.anchor.distance(), **peak_memory(self.policy.device)}
+        if layer_distances:
+            row["layers"] = self.anchor.layer_distances()
+        return row
+

@@ -38,7 +38,7 @@ from transformers import TrainerCallback
 
 from esft.errors import EsftError
 from esft.policy import Policy
-from esft.rl.common import Anchor, TokenMeter, peak_memory, reset_peak_memory, step_metrics
+from esft.rl.common import Anchor, AnchoredTrainerMixin, TokenMeter, peak_memory, reset_peak_memory, step_metrics
 from esft.tasks.base import Task
 
 log = logging.getLogger("esft")
@@ -81,7 +81,7 @@ class _RewardRecorder:
         return rewards
 
 
-class GRPOTrainer:
+class GRPOTrainer(AnchoredTrainerMixin):
     """TRL's GRPO over the curriculum, with esft's schedule, accounting and AWD."""
 
     name = "grpo"
@@ -223,16 +223,6 @@ class GRPOTrainer:
         if self.awd_anchor == "stage" and "anchor" in state:
             self.anchor.anchor = self.anchor.unflat(state["anchor"])
         self.stage = stage
-
-    def reference_weights(self):
-        """Context manager: the model computes with theta0 inside the block (for the off-task KL)."""
-        return self.anchor.theta0_loaded()
-
-    def diagnostics(self, layer_distances: bool) -> dict[str, Any]:
-        row: dict[str, Any] = {"theta_dist": self.anchor.distance(), **peak_memory(self.policy.device)}
-        if layer_distances:
-            row["layers"] = self.anchor.layer_distances()
-        return row
 
     def finalize(self) -> None:
         self.stage = -2  # every stage is finished: drop all TRL checkpoints

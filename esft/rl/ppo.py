@@ -35,7 +35,7 @@ from torch import nn
 
 from esft.es.trainer import sample_indices
 from esft.policy import Policy
-from esft.rl.common import Anchor, Rollout, TokenMeter, peak_memory, reset_peak_memory, sample_completions, step_metrics
+from esft.rl.common import Anchor, AnchoredTrainerMixin, Rollout, TokenMeter, peak_memory, reset_peak_memory, sample_completions, step_metrics
 from esft.tasks.base import Task
 
 # -- the algorithm as pure functions -------------------------------------------------------------------------
@@ -131,7 +131,7 @@ class PPOSettings:
                    float(c["temperature"]), int(length) if length else None, float(c.get("max_grad_norm", 1.0)))
 
 
-class PPOTrainer:
+class PPOTrainer(AnchoredTrainerMixin):
     """PPO with a value head and a KL penalty to theta0, behind the ES trainer's seam (`step` per esft step)."""
 
     name = "ppo"
@@ -277,16 +277,6 @@ class PPOTrainer:
         if self.awd_anchor == "stage" and "anchor" in state:
             self.anchor.anchor = self.anchor.unflat(state["anchor"])
         self.stage = stage
-
-    def reference_weights(self):
-        """Context manager: the model computes with theta0 inside the block (for the off-task KL)."""
-        return self.anchor.theta0_loaded()
-
-    def diagnostics(self, layer_distances: bool) -> dict[str, Any]:
-        row: dict[str, Any] = {"theta_dist": self.anchor.distance(), **peak_memory(self.policy.device)}
-        if layer_distances:
-            row["layers"] = self.anchor.layer_distances()
-        return row
 
     def finalize(self) -> None:
         self.meter.close()
