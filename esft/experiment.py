@@ -115,7 +115,7 @@ class Experiment:
         info_path = self.run.path(RUN_INFO_FILE)
         checkpoint = latest_checkpoint(self.run.checkpoints)
         if checkpoint is None:
-            self._repair_logs(keep=lambda row: False)  # a run killed before its first checkpoint starts over cleanly
+            self._repair_logs(keep=lambda row: False)  # killed before its first checkpoint: start over cleanly
             return 0
         if info_path.exists() and read_json(info_path).get("config_fingerprint") != config_fingerprint(self.cfg):
             raise EsftError(f"run dir {self.run.root} was made by a different config; "

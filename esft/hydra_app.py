@@ -2,7 +2,9 @@
 
 `run_hydra` hands the raw arguments to `hydra.main`; `train_job` is what Hydra runs for each job. A user error
 (EsftError) becomes one line on stderr, a failed status.json and exit code 2; in a multirun the failed job is
-recorded and the sweep continues.
+recorded and the sweep continues, and so does a job that crashed with any other exception (a multirun job's
+failure must not take its siblings down; its status.json and log say what happened). Under torchrun,
+`prepare_args` first makes all ranks agree on one run dir (esft/distributed_run.py).
 """
 
 from __future__ import annotations
@@ -28,24 +30,36 @@ def conf_dir() -> Path:
 
 
 def train_job(cfg: DictConfig) -> None:
-    from esft.experiment import Experiment
+    from esft.distributed_run import make_experiment
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
     try:
-        Experiment(cfg, run_dir).run_all()
+        make_experiment(cfg, run_dir).run_all()
         log.info("run dir: %s", run_dir)
     except EsftError as exc:
         print(f"esft: error: {exc}", file=sys.stderr)
-        if hydra_cfg.mode != RunMode.MULTIRUN:
+        if not multirun:
             sys.exit(2)
+    except Exception as exc:  # a bug or a crash in one sweep point: status.json says failed, the sweep goes on
+        if not multirun:
+            raise
+        log.exception("job failed: %s", run_dir)
+        print(f"esft: job {run_dir} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
 def run_hydra(args: list[str]) -> None:
     from transformers.utils import logging as hf_logging
 
     from esft.config_check import check_train_args
+    from esft.distributed_run import prepare_args
 
+    try:
+        args = prepare_args(args)  # torchrun: join the process group, agree on one run dir
+    except EsftError as exc:
+        print(f"esft: error: {exc}", file=sys.stderr)
+        sys.exit(2)
     if not any(flag in args for flag in ("--hydra-help", "--help", "-h")):
         try:
             check_train_args(args, conf_dir())
@@ -55,4 +69,11 @@ def run_hydra(args: list[str]) -> None:
 
     hf_logging.disable_progress_bar()  # save_pretrained's shard bar would clutter logs and the live display
     sys.argv = [sys.argv[0], *args]
-    hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")(train_job)()
+    from esft.distributed import shutdown
+
+    try:
+        hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")(train_job)()
+    except BaseException:
+        shutdown()
+        raise
+    shutdown(sync=True)
