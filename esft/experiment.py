@@ -91,7 +91,7 @@ class Experiment:
         validate_method_config(self.method, self.cfg)
         self.stages: list[Stage] = build_stages(self.cfg)
         self.tasks, self.roles = build_eval_tasks(self.cfg, self.stages)
-        self.policy = Policy.from_config(self.cfg["model"])
+        self.policy = Policy.from_config(self.cfg["model"], policy_cfg=self.cfg.get("policy"))
         eval_cfg = self.cfg.get("eval", {})
         self.evaluator = Evaluator(self.policy, self.tasks, self.roles, int(eval_cfg.get("batch_size", 256)),
                                    eval_cfg.get("size"))

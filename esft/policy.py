@@ -7,6 +7,10 @@
   decoding would produce: the greedy completion equals the target iff the argmax at every answer position is
   the target token (and, when the budget allows more tokens, the next argmax is EOS).
 
+Backends (`policy.backend`): `hf` runs everything on the HF model; `vllm` (esft/backends/vllm_backend.py) keeps
+the HF model for teacher-forced scoring and ES bookkeeping but routes `generate` through one vLLM engine that
+`watch(params)` keeps in step with every vector FlatParams writes into the HF model.
+
 Models come from the built-in tiny default (`model.name=tiny`), a Hugging Face hub id or a local directory.
 The chat template is applied when the tokenizer has one (switch: `model.chat_template`).
 """
@@ -36,6 +40,18 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise EsftError(f"model.device={name} but no CUDA device is available; use model.device=cpu")
     return torch.device(name)
+
+
+def resolve_backend(policy_cfg: Mapping[str, Any]) -> str:
+    """`policy.backend`: hf (default) or vllm, checked (vLLM importable, CUDA present) before any model loads."""
+    backend = str(policy_cfg.get("backend", "hf") or "hf")
+    if backend not in ("hf", "vllm"):
+        raise EsftError(f"unknown policy.backend '{backend}'; use hf or vllm")
+    if backend == "vllm":
+        from esft.backends.vllm_backend import require_vllm
+
+        require_vllm()
+    return backend
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -74,8 +90,11 @@ def _load_hf(name: str, dtype: torch.dtype) -> tuple[Any, Any]:
 class Policy:
     """Owns the model and tokenizer; every rollout and every score goes through here."""
 
-    def __init__(self, model: Any, tokenizer: Any, device: torch.device, use_chat_template: bool) -> None:
+    def __init__(self, model: Any, tokenizer: Any, device: torch.device, use_chat_template: bool,
+                 engine: Any = None) -> None:
         self.model = model.to(device).eval()
+        self.engine = engine  # None: HF generate; else an object with generate(ids, ...) and load_weights, dtype
+        self._watched: Any = None
         self.tokenizer = tokenizer
         self.device = device
         self.use_chat_template = use_chat_template
@@ -86,10 +105,13 @@ class Policy:
         self.context_length = getattr(getattr(model, "config", None), "max_position_embeddings", None)
 
     @classmethod
-    def from_config(cls, model_cfg: Mapping[str, Any], log_fn: Callable[[str], None] = log.info) -> "Policy":
+    def from_config(cls, model_cfg: Mapping[str, Any], log_fn: Callable[[str], None] = log.info,
+                    policy_cfg: Mapping[str, Any] | None = None) -> "Policy":
         name = str(model_cfg["name"])
         device = resolve_device(str(model_cfg.get("device", "cpu")))
         dtype = resolve_dtype(str(model_cfg.get("dtype", "float32")))
+        policy_cfg = policy_cfg or {}
+        backend = resolve_backend(policy_cfg)
         if name == "tiny":
             from esft.models.warmup import load_or_build_tiny
 
@@ -102,7 +124,28 @@ class Policy:
         if setting is True and not has_template:
             raise EsftError(f"model.chat_template=true but the tokenizer of '{name}' has no chat template")
         use_template = has_template if setting in ("auto", None) else bool(setting)
-        return cls(model, tokenizer, device, use_template)
+        engine = None
+        if backend == "vllm":  # before the HF model moves to the GPU: vLLM sizes its KV cache from free memory
+            from esft.backends.vllm_backend import build_generator
+
+            engine = build_generator(name, model, tokenizer, model_cfg, policy_cfg, dtype)
+        return cls(model, tokenizer, device, use_template, engine)
+
+    # -- a second engine ---------------------------------------------------------------------------------
+    def watch(self, params: Any) -> None:
+        """Mirror every vector `params` (a FlatParams over this model) writes into the model into the engine.
+
+        No-op on the HF backend. Eager: each member's weights reach the engine as they reach the HF model, so
+        whatever scores a member (engine generate or HF teacher forcing) sees the same weights."""
+        if self.engine is None or self._watched is params:
+            return
+        self._watched = params
+        params.on_load.append(self._push_weights)
+
+    def _push_weights(self, base: torch.Tensor, noise: torch.Tensor | None, scale: float) -> None:
+        from esft.backends.weights import iter_named_weights
+
+        self.engine.load_weights(iter_named_weights(self._watched, base, self.engine.dtype, noise, scale))
 
     # -- prompts ---------------------------------------------------------------------------------------
     def format_prompt(self, prompt: str | Prompt) -> str:
@@ -191,6 +234,8 @@ class Policy:
     def generate(self, prompts: Sequence[str | Prompt], max_new_tokens: int, stop: Sequence[str] = (),
                  batch_size: int = 64) -> list[str]:
         """Greedy completions (completion text only), truncated just after the first stop string."""
+        if self.engine is not None:
+            return self._generate_engine(prompts, max_new_tokens, stop)
         completions: list[str] = []
         pad, eos = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
         for start in range(0, len(prompts), batch_size):
@@ -206,6 +251,19 @@ class Policy:
             for text in self.tokenizer.batch_decode(new, skip_special_tokens=True):
                 completions.append(_cut_at_stop(text, stop))
         return completions
+
+
+    def _generate_engine(self, prompts: Sequence[str | Prompt], max_new_tokens: int,
+                         stop: Sequence[str]) -> list[str]:
+        """The engine decodes; the Policy encodes and decodes, so both backends see identical token ids
+        (template, truncation) and cut completions identically. The engine batches internally."""
+        rows = [self._encode_prompt(p, reserve=max_new_tokens) for p in prompts]
+        outputs = self.engine.generate(rows, max_new_tokens, stop)
+        generated = sum(len(ids) for ids in outputs)
+        self.counts.generated += generated
+        self.counts.forward += sum(len(r) for r in rows) + generated
+        texts = self.tokenizer.batch_decode(outputs, skip_special_tokens=True)
+        return [_cut_at_stop(text, stop) for text in texts]
 
 
 def _cut_at_stop(text: str, stop: Sequence[str]) -> str:

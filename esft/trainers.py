@@ -37,6 +37,22 @@ def validate_method_config(method: str, cfg: Mapping[str, Any]) -> None:
             raise EsftError(f"es.prompts_per_step must be a positive integer or null (got {count!r})")
     if method in ("grpo", "ppo"):
         _validate_rl(method, cfg)
+    _validate_backend(method, cfg)
+
+
+def _validate_backend(method: str, cfg: Mapping[str, Any]) -> None:
+    """policy.backend=vllm mirrors the weights FlatParams writes; other weight writers would leave it stale."""
+    backend = str((cfg.get("policy") or {}).get("backend", "hf") or "hf")
+    if backend == "hf":
+        return
+    if backend != "vllm":
+        raise EsftError(f"unknown policy.backend '{backend}'; use hf or vllm")
+    if method != "es":
+        raise EsftError(f"policy.backend=vllm supports method=es only (method={method} updates the HF model "
+                        "with an optimizer the engine does not follow); use policy.backend=hf")
+    if str(cfg["es"].get("evaluator", "inplace")) != "inplace":
+        raise EsftError("policy.backend=vllm needs es.evaluator=inplace (lowrank members live in forward hooks "
+                        "of the HF model, which the engine does not run); use es.evaluator=inplace")
 
 
 #: method-config keys that must be positive numbers / positive integers / non-negative numbers, per baseline

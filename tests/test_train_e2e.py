@@ -78,6 +78,13 @@ def test_multirun_sweep_makes_one_run_dir_per_point(tmp_path):
         assert len(read_jsonl(job / "metrics.jsonl")) == 2
         lambdas.add(read_jsonl(job / "es_updates.jsonl")[0]["awd_lambda"])
     assert lambdas == {0.0, 1.0}
+    report = esft(["drift-report", str(sweep), "--out", str(tmp_path / "report")], tmp_path)
+    assert "awd.lambda=0" in report.stdout and "awd.lambda=1" in report.stdout
+    for name in ("summary.json", "summary.csv", "report.md", "report.html", "prior_accuracy.png",
+                 "new_task_accuracy.png", "theta_drift.png", "drop_vs_cost.png"):
+        assert (tmp_path / "report" / name).stat().st_size > 0, name
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert len(summary["runs"]) == 2
 
 
 @pytest.mark.slow

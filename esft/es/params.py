@@ -5,6 +5,10 @@ cycle leaves an error of the same order (anchors-code.md, pitfall 2). So the tru
 vector `master`; the model's tensors are only ever *written from* it (theta + sigma*eps for a member, theta
 to restore), never updated in place in low precision. With an fp32 model on the same device the model's
 parameters become views of one working buffer, so loading a member is a single fused add.
+
+`on_load` callbacks hear of every write, as (base, noise, scale) meaning base + scale * noise (noise None for
+a plain load): a second copy of the weights (the vLLM engine, esft/backends) follows the model through them.
+The list is empty on the HF backend, so its path costs one empty loop.
 """
 
 from __future__ import annotations
@@ -12,10 +16,12 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import OrderedDict
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
+LoadCallback = Callable[[torch.Tensor, "torch.Tensor | None", float], None]
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
@@ -43,6 +49,7 @@ class FlatParams:
         with torch.no_grad():
             self.master = torch.cat([p.detach().reshape(-1).float() for _, p in self.named]).to(self.device)
         self.theta0 = self.master.clone()
+        self.on_load: list[LoadCallback] = []  # told of every vector written into the model (see module doc)
         self._aliased = all(p.dtype == torch.float32 and p.device == self.device for _, p in self.named)
         self.work = self.master.clone() if self._aliased else None
         if self._aliased:
@@ -65,18 +72,22 @@ class FlatParams:
         """Make the model compute with `vector` (cast to the model's dtype per tensor when not fp32)."""
         if self._aliased:
             self.work.copy_(vector)
-            return
-        for (_, param), (_, part) in zip(self.named, self.slices()):
-            param.copy_(vector[part].view(param.shape))
+        else:
+            for (_, param), (_, part) in zip(self.named, self.slices()):
+                param.copy_(vector[part].view(param.shape))
+        for callback in self.on_load:
+            callback(vector, None, 0.0)
 
     @torch.no_grad()
     def load_perturbed(self, noise: torch.Tensor, scale: float) -> None:
         """Load master + scale * noise without touching master (the exact-restore evaluation path)."""
         if self._aliased:
             torch.add(self.master, noise, alpha=scale, out=self.work)
-            return
-        for (_, param), (_, part) in zip(self.named, self.slices()):  # one tensor-sized temporary at a time
-            param.copy_(torch.add(self.master[part], noise[part], alpha=scale).view(param.shape))
+        else:
+            for (_, param), (_, part) in zip(self.named, self.slices()):  # one tensor-sized temporary at a time
+                param.copy_(torch.add(self.master[part], noise[part], alpha=scale).view(param.shape))
+        for callback in self.on_load:
+            callback(self.master, noise, scale)
 
     def restore(self) -> None:
         self.load(self.master)

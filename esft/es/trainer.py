@@ -47,6 +47,7 @@ class ESTrainer:
         validate_awd(self.awd_kind, self.awd_lambda, self.settings.alpha, self.awd_anchor)
         self.policy = policy
         self.params = FlatParams(policy.model)
+        policy.watch(self.params)  # policy.backend=vllm: the engine follows every load/perturb/restore
         self.noise = build_noise(es_cfg, self.params)  # low-rank for es.evaluator=lowrank, else es.noise
         self.population = build_evaluator(str(es_cfg.get("evaluator", "inplace")), self.params, self.noise,
                                           self.settings, bool(es_cfg.get("cache_noise", True)))
