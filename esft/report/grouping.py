@@ -76,10 +76,13 @@ def _ignored(key: str) -> bool:
 
 
 def differing_keys(runs: list[Run]) -> list[str]:
-    """Keys (sorted) whose value differs between at least two runs; a missing key counts as a value."""
+    """Keys (sorted) whose value differs between at least two runs that have the key.
+
+    A key some runs lack and the others all share one value of is not a difference: it was added to the
+    config schema between esft versions (runs from before it simply ran with what became its default)."""
     flats = [flatten(run.config) for run in runs]
     keys = sorted({k for flat in flats for k in flat if not _ignored(k)})
-    return [k for k in keys if len({flat.get(k, MISSING) for flat in flats}) > 1]
+    return [k for k in keys if len({flat[k] for flat in flats if k in flat}) > 1]
 
 
 def resolve_keys(requested: list[str], runs: list[Run]) -> list[str]:

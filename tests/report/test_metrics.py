@@ -185,3 +185,14 @@ def test_load_runs_finds_sweep_jobs_and_reports_empty_paths(make_sweep, tmp_path
 def test_run_names_drop_the_overrides_every_job_shares(make_sweep) -> None:
     root = make_sweep("sweep", [dict(lam=0.0, pop=16), dict(lam=1.0, pop=16)])
     assert [r.name for r in load_runs([str(root)]).runs] == ["0_awd.lambda=0.0", "1_awd.lambda=1.0"]
+
+
+def test_keys_added_to_the_schema_later_do_not_split_groups(make_run) -> None:
+    from esft.report.grouping import differing_keys
+
+    old, new = load_run(make_run(name="old")), load_run(make_run(name="new"))
+    new.config["policy"] = {"backend": "hf"}
+    assert differing_keys([old, new]) == []
+    other = load_run(make_run(name="other"))
+    other.config["policy"] = {"backend": "vllm"}
+    assert differing_keys([old, new, other]) == ["policy.backend"]
