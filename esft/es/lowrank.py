@@ -43,7 +43,7 @@ from torch.func import functional_call
 
 from esft.errors import EsftError
 from esft.es.awd import apply_awd
-from esft.es.noise import _tensor_seed
+from esft.es.noise import FlatNoise, _tensor_seed
 
 #: per tensor of one draw: (A, B) for a matrix, a flat normal vector for the rest, None when frozen
 Factor = Union[tuple[torch.Tensor, torch.Tensor], torch.Tensor, None]
@@ -52,7 +52,7 @@ Draw = list[Factor]
 _BLOCK = 1 << 22
 
 
-class LowRankNoise:
+class LowRankNoise(FlatNoise):
     """Regenerates the low-rank noise of a draw: its factors, or the materialised flat eps (same API as
     NoiseGenerator.flat), for parameters of the given shapes."""
 
@@ -90,14 +90,6 @@ class LowRankNoise:
         """Materialised flat eps of one tensor (tests, diagnostics and the generic forward fallback)."""
         return _materialise(self.factor(seed, index), self.sizes[index], self.rank)
 
-    def flat(self, seed: int, out: torch.Tensor | None = None) -> torch.Tensor:
-        """All tensors' materialised eps concatenated in parameter order (length D), like NoiseGenerator.flat."""
-        out = torch.empty(self.numel) if out is None else out
-        offset = 0
-        for index, size in enumerate(self.sizes):
-            out[offset:offset + size].copy_(self.tensor(seed, index))
-            offset += size
-        return out
 
     def row_blocks(self, index: int) -> Iterator[slice]:
         """Row ranges of tensor `index` whose update fits in one block (a single range for non-matrices)."""

@@ -34,7 +34,26 @@ def _tensor_seed(seed: int, tensor_index: int) -> int:
     return (int(high) << 31) ^ int(low)  # 63 bits: torch.Generator seeds must fit a signed int64
 
 
-class NoiseGenerator:
+class FlatNoise:
+    """The flat view shared by every noise definition: per-tensor noise concatenated in parameter order."""
+
+    sizes: list[int]
+    numel: int
+
+    def tensor(self, seed: int, index: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def flat(self, seed: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """All tensors' noise concatenated in parameter order, as one fp32 vector of length D."""
+        out = torch.empty(self.numel) if out is None else out
+        offset = 0
+        for index, size in enumerate(self.sizes):
+            out[offset:offset + size].copy_(self.tensor(seed, index))
+            offset += size
+        return out
+
+
+class NoiseGenerator(FlatNoise):
     """Regenerates the flat fp32 noise vector eps(seed) for parameters of the given sizes."""
 
     def __init__(self, sizes: Sequence[int], shapes: Sequence[tuple[int, ...]] | None = None,
@@ -55,11 +74,3 @@ class NoiseGenerator:
         generator.manual_seed(int(seed))  # es-awd: the same seed for every tensor
         return torch.randn(self.shapes[index], generator=generator).reshape(-1)
 
-    def flat(self, seed: int, out: torch.Tensor | None = None) -> torch.Tensor:
-        """All tensors' noise concatenated in parameter order, as one fp32 vector of length D."""
-        out = torch.empty(self.numel) if out is None else out
-        offset = 0
-        for index, size in enumerate(self.sizes):
-            out[offset:offset + size].copy_(self.tensor(seed, index))
-            offset += size
-        return out

@@ -309,6 +309,20 @@ class AnchoredTrainerMixin:
 
     anchor: Anchor
     policy: Policy
+    awd_anchor: str
+    stage: int
+    task: Any
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for _, p in self.anchor.named)
+
+    def set_stage(self, stage: int, task: Any) -> None:
+        """Train `task` from now on; with awd.anchor=stage the current weights become the anchor."""
+        if stage != self.stage and self.awd_anchor == "stage":
+            self.anchor.reset_anchor()
+        self.stage, self.task = stage, task
+        reset_peak_memory(self.policy.device)  # peak memory in the metrics rows is per stage
 
     def reference_weights(self):
         """Context manager: the model computes with theta0 inside the block (for the off-task KL)."""

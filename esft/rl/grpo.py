@@ -38,7 +38,7 @@ from transformers import TrainerCallback
 
 from esft.errors import EsftError
 from esft.policy import Policy
-from esft.rl.common import Anchor, AnchoredTrainerMixin, TokenMeter, peak_memory, reset_peak_memory, step_metrics
+from esft.rl.common import Anchor, AnchoredTrainerMixin, TokenMeter, step_metrics
 from esft.tasks.base import Task
 
 log = logging.getLogger("esft")
@@ -97,15 +97,8 @@ class GRPOTrainer(AnchoredTrainerMixin):
         self.stage, self.task = -1, None
         self.output_root: Path | None = None
 
-    @property
-    def num_parameters(self) -> int:
-        return sum(p.numel() for _, p in self.anchor.named)
-
     def set_stage(self, stage: int, task: Task) -> None:
-        if stage != self.stage and self.awd_anchor == "stage":
-            self.anchor.reset_anchor()
-        self.stage, self.task = stage, task
-        reset_peak_memory(self.policy.device)
+        super().set_stage(stage, task)
         self._prune_finished_stages()
 
     # -- one stage through TRL -------------------------------------------------------------------------

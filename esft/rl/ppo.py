@@ -35,7 +35,7 @@ from torch import nn
 
 from esft.es.trainer import sample_indices
 from esft.policy import Policy
-from esft.rl.common import Anchor, AnchoredTrainerMixin, Rollout, TokenMeter, peak_memory, reset_peak_memory, sample_completions, step_metrics
+from esft.rl.common import Anchor, AnchoredTrainerMixin, Rollout, TokenMeter, sample_completions, step_metrics
 from esft.tasks.base import Task
 
 # -- the algorithm as pure functions -------------------------------------------------------------------------
@@ -159,15 +159,6 @@ class PPOTrainer(AnchoredTrainerMixin):
             p.requires_grad_(False)
         return reference
 
-    @property
-    def num_parameters(self) -> int:
-        return sum(p.numel() for _, p in self.anchor.named)
-
-    def set_stage(self, stage: int, task: Task) -> None:
-        if stage != self.stage and self.awd_anchor == "stage":
-            self.anchor.reset_anchor()
-        self.stage, self.task = stage, task
-        reset_peak_memory(self.policy.device)
 
     # -- one step --------------------------------------------------------------------------------------
     def step(self, step: int) -> dict[str, Any]:
