@@ -29,6 +29,9 @@ def conf_dir() -> Path:
     return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / "conf"
 
 
+_FAILED_JOBS: list[str] = []  # run dirs of sweep jobs that failed; the sweep goes on, the exit code says so
+
+
 def train_job(cfg: DictConfig) -> None:
     from esft.distributed_run import make_experiment
 
@@ -42,11 +45,13 @@ def train_job(cfg: DictConfig) -> None:
         print(f"esft: error: {exc}", file=sys.stderr)
         if not multirun:
             sys.exit(2)
+        _FAILED_JOBS.append(str(run_dir))
     except Exception as exc:  # a bug or a crash in one sweep point: status.json says failed, the sweep goes on
         if not multirun:
             raise
         log.exception("job failed: %s", run_dir)
         print(f"esft: job {run_dir} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        _FAILED_JOBS.append(str(run_dir))
 
 
 def run_hydra(args: list[str]) -> None:
@@ -77,3 +82,7 @@ def run_hydra(args: list[str]) -> None:
         shutdown()
         raise
     shutdown(sync=True)
+    if _FAILED_JOBS:  # every other job ran; a scripted sweep must still notice the failures
+        print(f"esft: {len(_FAILED_JOBS)} sweep job(s) failed (see their status.json): {', '.join(_FAILED_JOBS)}",
+              file=sys.stderr)
+        sys.exit(1)

@@ -33,7 +33,8 @@ def test_a_crashing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
     """eval.batch_size=0 passes the config pre-check but crashes inside the job with a plain ValueError."""
     sweep = tmp_path / "sweep"
     result = _sweep(["eval.batch_size=0,256", f"hydra.sweep.dir={sweep}"], tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 1, result.stderr[-3000:]  # the sweep finished, and says a job failed
+    assert "1 sweep job(s) failed" in result.stderr
     assert _states(sweep) == {"0": "failed", "1": "done"}
     failed = next(sweep.glob("0_*"))
     assert "ValueError" in json.loads((failed / "status.json").read_text())["message"]
