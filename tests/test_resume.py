@@ -34,6 +34,15 @@ def _train(run: Path, tmp_path: Path, fault: str | None = None) -> subprocess.Co
                           env=_env(tmp_path, fault), capture_output=True, text=True, timeout=600)
 
 
+def _resume(run: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "esft", "train", "--resume", str(run)], cwd=tmp_path,
+                          env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+
+
+def _logged_steps(run: Path) -> int:
+    return len(read_jsonl(run / "metrics.jsonl")) if (run / "metrics.jsonl").exists() else 0
+
+
 def _rows(run: Path, name: str) -> list[dict]:
     return [{k: v for k, v in row.items() if k not in TIMING} for row in read_jsonl(run / name)]
 
@@ -67,8 +76,7 @@ def test_kill_and_resume_is_bit_identical(reference, tmp_path, fault):
     killed = _train(run, tmp_path, fault)
     assert killed.returncode == -signal.SIGKILL
     assert json.loads((run / "status.json").read_text())["state"] == "running"
-    resumed = subprocess.run([sys.executable, "-m", "esft", "train", "--resume", str(run)], cwd=tmp_path,
-                             env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    resumed = _resume(run, tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     _assert_same_run(run, reference)
 
@@ -80,13 +88,11 @@ def test_external_sigkill_then_resume(reference, tmp_path):
     process = subprocess.Popen([sys.executable, "-m", "esft", "train", *FAST, f"hydra.run.dir={run}"],
                                cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while time.time() < deadline and len(read_jsonl(run / "metrics.jsonl")) < 2 if (run / "metrics.jsonl").exists() \
-            else time.time() < deadline:
+    while time.time() < deadline and _logged_steps(run) < 2:
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    resumed = subprocess.run([sys.executable, "-m", "esft", "train", "--resume", str(run)], cwd=tmp_path,
-                             env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    resumed = _resume(run, tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     _assert_same_run(run, reference)
 
@@ -94,8 +100,7 @@ def test_external_sigkill_then_resume(reference, tmp_path):
 @pytest.mark.slow
 def test_finished_run_is_not_rerun(reference, tmp_path):
     before = (reference / "metrics.jsonl").read_text()
-    again = subprocess.run([sys.executable, "-m", "esft", "train", "--resume", str(reference)], cwd=tmp_path,
-                           env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    again = _resume(reference, tmp_path)
     assert again.returncode == 0 and "already done" in again.stderr + again.stdout
     assert (reference / "metrics.jsonl").read_text() == before
 
