@@ -7,7 +7,8 @@ Everything a run knows ends up here; `esft drift-report` reads nothing else. Fil
     status.json            (pinned) {"state": "running"|"done"|"failed", "step", "stage", "message", ...}
     run.json               static facts: stages (task, first_step, last_step), eval tasks, parameter count D
     metrics.jsonl          (pinned) one row per training step: step, stage, task (the task trained),
-                           reward_mean/std/min/max, theta_dist, update_norm, skipped, seconds, compute counters
+                           reward_mean/std/min/max, theta_dist, update_norm, skipped, seconds, and the compute
+                           counters forward_tokens, backward_tokens, generated_tokens, population_evals, peak_rss_mb
     evals.jsonl            (pinned) one row per checkpoint and task: step, stage, task, accuracy, reward, n,
                            event (stage_start | periodic | stage_end), role (curriculum | eval_only)
     diagnostics.jsonl      one row per checkpoint: step, stage, theta_dist, per-layer distances

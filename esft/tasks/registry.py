@@ -4,7 +4,7 @@ A task spec is either a bare name (`"add"`) or a mapping with `name` plus keywor
 (`{name: gsm8k, eval_size: 500}`). Factories receive the run's `data_dir` and `seed` so loaders can find local
 files and draw fixed eval subsets.
 
-Users add tasks without editing esft (docs/tasks.md):
+Users add tasks without editing esft (README, "Adding a task without editing esft"):
 - `{_target_: my_pkg.tasks.MyTask, name: my_task, **kwargs}`: the dotted path must resolve to a subclass of
   `esft.tasks.base.Task`; anything else (a function such as `os.system`, a non-Task class) is refused before
   it is called. `data_dir` and `seed` are passed when the class's constructor accepts them.
