@@ -274,3 +274,31 @@ def _cut_at_stop(text: str, stop: Sequence[str]) -> str:
         if index != -1:
             cut = min(cut, index + len(marker))
     return text[:cut]
+
+
+def tokens_through_stop(tokenizer: Any, ids: Sequence[int], stop: Sequence[str]) -> int:
+    """How many of the completion tokens `ids` to keep: all of them, or through the token that completes the
+    first stop string. The RL baselines train on exactly these tokens, so that what the policy is rewarded
+    for (the text cut at the stop string, see _cut_at_stop) is what its gradient sees -- as when vLLM or
+    `generate(stop_strings=...)` ends the sequence there.
+
+    Binary search on the decoded prefix: "some stop string occurs in decode(ids[:k])" is monotone in k.
+    """
+    if not stop or not ids:
+        return len(ids)
+
+    def has_stop(k: int) -> bool:
+        text = tokenizer.decode(list(ids[:k]), skip_special_tokens=True)
+        return any(marker in text for marker in stop)
+
+    if not has_stop(len(ids)):
+        return len(ids)
+    low, high = 1, len(ids)  # has_stop(high) holds; find the smallest such k
+    while low < high:
+        middle = (low + high) // 2
+        if has_stop(middle):
+            high = middle
+        else:
+            low = middle + 1
+    return low
+

@@ -32,7 +32,7 @@ from torch import nn
 
 from esft.es.awd import apply_awd
 from esft.es.params import layer_of
-from esft.policy import Policy, _cut_at_stop
+from esft.policy import Policy, _cut_at_stop, tokens_through_stop
 
 # -- anchor and AWD ------------------------------------------------------------------------------------------
 
@@ -231,9 +231,10 @@ class Rollout:
 def sample_completions(policy: Policy, prompts: Sequence[str], max_new_tokens: int, temperature: float,
                        generator: torch.Generator, stop: Sequence[str] = ()) -> Rollout:
     """Ancestral sampling at `temperature` with the KV cache, drawing from `generator` (seeded per step, so a
-    resumed run samples what an uninterrupted one would; HF `generate` only uses the global RNG). Completion
-    texts are cut at the task's stop strings like Policy.generate's; the tokens after a stop string remain in
-    the rollout (they are what the policy sampled)."""
+    resumed run samples what an uninterrupted one would; HF `generate` only uses the global RNG). A row ends at
+    EOS or at the token that completes one of the task's stop strings (as vLLM's `stop` ends it): later
+    positions are padding and outside `completion_mask`, so the loss trains exactly the tokens whose text the
+    reward scored."""
     model, pad, eos = policy.model, policy.tokenizer.pad_token_id, policy.tokenizer.eos_token_id
     ids, mask = policy._left_pad([policy._encode_prompt(p) for p in prompts])
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -251,6 +252,8 @@ def sample_completions(policy: Policy, prompts: Sequence[str], max_new_tokens: i
         token = torch.where(done, torch.full_like(token, pad), token)
         tokens.append(token)
         done = done | (token == eos)
+        if stop:
+            done = done | _ends_in_stop(policy.tokenizer, tokens, done, stop)
         if bool(done.all()) or t == max_new_tokens - 1:
             break
         full_mask = torch.cat([full_mask, (~done).long()[:, None]], dim=1)
@@ -259,6 +262,8 @@ def sample_completions(policy: Policy, prompts: Sequence[str], max_new_tokens: i
         next_position = next_position + 1
     completion = torch.stack(tokens, dim=1)
     completion_mask = _completion_mask(completion, eos)
+    if stop:
+        completion, completion_mask = _cut_rows_at_stop(policy.tokenizer, completion, completion_mask, stop, pad)
     policy.counts.generated += int(completion_mask.sum())
     policy.counts.forward += int(mask.sum()) + int(completion_mask[:, :-1].sum())
     texts = [_cut_at_stop(t, stop) for t in policy.tokenizer.batch_decode(completion, skip_special_tokens=True)]
@@ -270,6 +275,31 @@ def _cache_argument(model: nn.Module, out: Any) -> dict[str, Any]:
     if "cache" in inspect.signature(model.forward).parameters:
         return {"cache": out.cache}
     return {"past_key_values": out.past_key_values}
+
+
+def _ends_in_stop(tokenizer: Any, tokens: list[torch.Tensor], done: torch.Tensor,
+                  stop: Sequence[str]) -> torch.Tensor:
+    """Rows still running whose newest token completes a stop string: a cheap check on the last few tokens
+    (a stop string of L characters ends within the last L + 2 tokens); `_cut_rows_at_stop` makes it exact."""
+    window = max(len(marker) for marker in stop) + 2
+    recent = torch.stack(tokens[-window:], dim=1).cpu()
+    ended = torch.zeros_like(done)
+    for row in (~done).nonzero().flatten().tolist():
+        text = tokenizer.decode(recent[row].tolist(), skip_special_tokens=True)
+        ended[row] = any(marker in text for marker in stop)
+    return ended
+
+
+def _cut_rows_at_stop(tokenizer: Any, completion: torch.Tensor, mask: torch.Tensor, stop: Sequence[str],
+                      pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad and unmask every token after the one that completes a row's first stop string."""
+    completion, mask = completion.clone(), mask.clone()
+    for row in range(completion.shape[0]):
+        length = int(mask[row].sum())
+        keep = tokens_through_stop(tokenizer, completion[row, :length].tolist(), stop)
+        completion[row, keep:] = pad
+        mask[row, keep:] = 0
+    return completion, mask
 
 
 def _completion_mask(completion: torch.Tensor, eos: int | None) -> torch.Tensor:

@@ -28,7 +28,7 @@ import logging
 import shutil
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ import torch
 from transformers import TrainerCallback
 
 from esft.errors import EsftError
-from esft.policy import Policy
+from esft.policy import Policy, tokens_through_stop
 from esft.rl.common import Anchor, AnchoredTrainerMixin, TokenMeter, step_metrics
 from esft.tasks.base import Task
 
@@ -79,6 +79,27 @@ class _RewardRecorder:
         self.rewards.extend(rewards)
         self.generated += sum(len(ids) for ids in completion_ids or [])
         return rewards
+
+
+def _stopping_trainer(base: type, stop: Sequence[str]) -> type:
+    """TRL's trainer with completions ended at the task's stop strings.
+
+    TRL's HF generation path ends a completion only at EOS (`generate(stop_strings=...)` would need the
+    tokenizer, which TRL does not pass), so without this the tokens sampled after `</answer>` would be trained
+    with the advantage of a reward that never saw them. Cutting the ids here, before TRL builds its masks and
+    decodes the texts, makes loss, reward and KL see the same tokens, as a vLLM `stop` would.
+    """
+
+    class StoppingGRPOTrainer(base):  # type: ignore[misc, valid-type]
+        def _generate_single_turn(self, *args: Any, **kwargs: Any):
+            completion_ids, logprobs = super()._generate_single_turn(*args, **kwargs)
+            keep = [tokens_through_stop(self.processing_class, ids, stop) for ids in completion_ids]
+            completion_ids = [list(ids[:k]) for ids, k in zip(completion_ids, keep)]
+            if logprobs is not None:
+                logprobs = [list(lp[:k]) for lp, k in zip(logprobs, keep)]
+            return completion_ids, logprobs
+
+    return StoppingGRPOTrainer
 
 
 class GRPOTrainer(AnchoredTrainerMixin):
@@ -139,7 +160,8 @@ class GRPOTrainer(AnchoredTrainerMixin):
         callback = _StageCallback(self, hooks, offset)
         with warnings.catch_warnings(), self._reference_path(model):
             warnings.filterwarnings("ignore", category=FutureWarning)
-            trainer = TRLGRPOTrainer(model=model, reward_funcs=self.recorder, args=args,
+            trainer_class = _stopping_trainer(TRLGRPOTrainer, task.stop) if task.stop else TRLGRPOTrainer
+            trainer = trainer_class(model=model, reward_funcs=self.recorder, args=args,
                                      train_dataset=Dataset.from_list(rows), processing_class=self.policy.tokenizer,
                                      callbacks=[callback])
         trainer.remove_callback(PrinterCallback)  # TRL's per-step dicts on stdout; the run dir has the metrics
