@@ -18,6 +18,7 @@ The chat template is applied when the tokenizer has one (switch: `model.chat_tem
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +104,7 @@ class Policy:
         tokenizer.padding_side = "left"
         self.counts = TokenCounts()
         self.context_length = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        self._token_cache: OrderedDict[tuple[Any, ...], tuple[int, ...]] = OrderedDict()
 
     @classmethod
     def from_config(cls, model_cfg: Mapping[str, Any], log_fn: Callable[[str], None] = log.info,
@@ -159,8 +161,20 @@ class Policy:
         rendered = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return rendered + prompt.response_prefix
 
+    def _tokens(self, key: tuple[Any, ...], encode: Callable[[], list[int]]) -> list[int]:
+        """Memoised tokenisation (LRU): every ES step re-scores prompts drawn from the same training set, and
+        every checkpoint re-scores the same eval items, so each text is tokenised (and templated) once."""
+        cached = self._token_cache.get(key)
+        if cached is None:
+            cached = self._token_cache[key] = tuple(encode())
+            if len(self._token_cache) > TOKEN_CACHE_SIZE:
+                self._token_cache.popitem(last=False)
+        else:
+            self._token_cache.move_to_end(key)
+        return list(cached)
+
     def _encode(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self._tokens(("text", text), lambda: self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def _encode_prompt(self, text: str | Prompt, reserve: int = 0) -> list[int]:
         """Token ids of a rendered prompt, cut from the left to fit the context with `reserve` tokens to spare.
@@ -169,7 +183,9 @@ class Policy:
         Left truncation keeps the end of the prompt (the question and the generation prompt); every truncation
         is counted and the first one is logged, since it changes what the model sees.
         """
-        ids = self.tokenizer(self.format_prompt(text), add_special_tokens=not self.use_chat_template)["input_ids"]
+        template = self.use_chat_template
+        ids = self._tokens(("prompt", text, template), lambda: self.tokenizer(
+            self.format_prompt(text), add_special_tokens=not template)["input_ids"])
         limit = self.context_length - reserve if self.context_length else None
         if limit is not None and len(ids) > limit:
             if limit <= 0:
@@ -264,6 +280,10 @@ class Policy:
         self.counts.forward += sum(len(r) for r in rows) + generated
         texts = self.tokenizer.batch_decode(outputs, skip_special_tokens=True)
         return [_cut_at_stop(text, stop) for text in texts]
+
+
+#: prompts and answers whose token ids a Policy keeps (a few MB for short prompts)
+TOKEN_CACHE_SIZE = 1 << 15
 
 
 def _cut_at_stop(text: str, stop: Sequence[str]) -> str:

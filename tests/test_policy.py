@@ -66,3 +66,25 @@ def test_prompts_longer_than_the_context_are_cut_from_the_left(policy, caplog):
     assert len(policy.generate([long_prompt], max_new_tokens=3)) == 1
     with pytest.raises(EsftError, match="cannot hold a prompt"):
         policy._encode_prompt("12", reserve=context)
+
+
+def test_tokenisation_is_memoised_without_changing_ids_or_truncation_counts(policy, monkeypatch):
+    import esft.policy as policy_module
+
+    prompt = Prompt("12+34=", system="be brief", response_prefix="A:")
+    first = policy._encode_prompt(prompt)
+    first.append(-1)  # callers may extend what they get: the memo hands out copies
+    assert policy._encode_prompt(prompt) == first[:-1]
+    policy.tokenizer.chat_template = TEMPLATE
+    policy.use_chat_template = True  # a different rendering is a different entry
+    templated = policy._encode_prompt(prompt)
+    assert templated != first[:-1]
+    assert templated == policy.tokenizer(policy.format_prompt(prompt), add_special_tokens=False)["input_ids"]
+    long_prompt = "x" * (policy.context_length + 5)
+    for _ in range(2):
+        policy._encode_prompt(long_prompt)
+    assert policy.counts.truncated == 2, "every truncation is counted, cached or not"
+    monkeypatch.setattr(policy_module, "TOKEN_CACHE_SIZE", 3)
+    for n in range(10):
+        policy._encode(str(n))
+    assert len(policy._token_cache) == 3

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -208,6 +210,22 @@ def test_losing_the_publish_race_uses_the_winners_copy(
     original = state(built["model"])
     assert all(torch.equal(v, original[k]) for k, v in state(model).items())
     assert [p.name for p in cache.parent.iterdir()] == [cache.name]  # our temp copy was removed
+
+
+def test_temp_dirs_of_killed_saves_are_removed_once_stale(
+    built: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = {**built["cfg"], "cache_dir": str(tmp_path)}
+    name = built["cache"].name
+    stale, young = tmp_path / "tiny" / f".{name}.tmp-killed", tmp_path / "tiny" / f".{name}.tmp-saving-now"
+    for leftover in (stale, young):
+        leftover.mkdir(parents=True)
+        (leftover / WEIGHTS).write_bytes(b"half")
+    two_hours_ago = time.time() - 7200
+    os.utime(stale, (two_hours_ago, two_hours_ago))
+    monkeypatch.setattr(warmup_module, "warmup_tiny", skip_training)
+    load_or_build_tiny(cfg, log=lambda line: None)
+    assert sorted(p.name for p in (tmp_path / "tiny").iterdir()) == sorted([name, young.name])
 
 
 def test_cache_key_tracks_the_config() -> None:

@@ -86,9 +86,10 @@ class LowRankNoise(FlatNoise):
     def draw(self, seed: int) -> Draw:
         return [self.factor(seed, index) for index in range(len(self.shapes))]
 
-    def tensor(self, seed: int, index: int) -> torch.Tensor:
+    def tensor(self, seed: int, index: int, out: torch.Tensor | None = None) -> torch.Tensor:
         """Materialised flat eps of one tensor (tests, diagnostics and the generic forward fallback)."""
-        return _materialise(self.factor(seed, index), self.sizes[index], self.rank)
+        eps = _materialise(self.factor(seed, index), self.sizes[index], self.rank)
+        return eps if out is None else out.copy_(eps)
 
 
     def row_blocks(self, index: int) -> Iterator[slice]:

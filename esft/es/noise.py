@@ -40,7 +40,8 @@ class FlatNoise:
     sizes: list[int]
     numel: int
 
-    def tensor(self, seed: int, index: int) -> torch.Tensor:
+    def tensor(self, seed: int, index: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Noise of one parameter tensor, flattened; written into `out` (1-D, that tensor's size) if given."""
         raise NotImplementedError
 
     def flat(self, seed: int, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -48,7 +49,7 @@ class FlatNoise:
         out = torch.empty(self.numel) if out is None else out
         offset = 0
         for index, size in enumerate(self.sizes):
-            out[offset:offset + size].copy_(self.tensor(seed, index))
+            self.tensor(seed, index, out=out[offset:offset + size])
             offset += size
         return out
 
@@ -65,12 +66,10 @@ class NoiseGenerator(FlatNoise):
         self.mode = mode
         self.numel = sum(self.sizes)
 
-    def tensor(self, seed: int, index: int) -> torch.Tensor:
-        """Noise of one parameter tensor (flattened), independent of every other tensor's stream."""
+    def tensor(self, seed: int, index: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Noise of one parameter tensor (flattened), independent of every other tensor's stream. Drawn
+        straight into `out` when given (the values depend only on the stream and the element count)."""
         generator = torch.Generator()
-        if self.mode == "iid":
-            generator.manual_seed(_tensor_seed(seed, index))
-            return torch.randn(self.sizes[index], generator=generator)
-        generator.manual_seed(int(seed))  # es-awd: the same seed for every tensor
-        return torch.randn(self.shapes[index], generator=generator).reshape(-1)
+        generator.manual_seed(_tensor_seed(seed, index) if self.mode == "iid" else int(seed))  # es-awd: one seed
+        return torch.randn(self.sizes[index], generator=generator, out=out)
 

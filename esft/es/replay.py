@@ -51,12 +51,44 @@ def apply_step(theta: torch.Tensor, anchor: torch.Tensor, noise: Noise, seeds: S
         draws = [cache[d] for d in range(len(seeds))] if cache else None
         return apply_lowrank_step(theta, anchor, noise, seeds, coefficients,
                                   settings.alpha / settings.population_size, awd_kind, strength, draws)
-    noise_of = (lambda d: cache[d]) if cache else (lambda d: noise.flat(seeds[d]).to(theta.device))
-    direction = accumulate_update(coefficients, noise_of, theta.numel(), theta.device)
-    before = theta.clone()
-    apply_update(theta, direction, settings)
-    apply_awd(theta, anchor, awd_kind, strength)
-    return float(torch.linalg.vector_norm(theta - before))
+    squared = 0.0
+    for first, last, part in _tensor_blocks(noise.sizes):
+        if cache:
+            noise_of = lambda d: cache[d][part]  # noqa: E731
+        else:
+            noise_of = lambda d: _block_noise(noise, seeds[d], first, last).to(theta.device)  # noqa: E731
+        direction = accumulate_update(coefficients, noise_of, part.stop - part.start, theta.device)
+        block = theta[part]
+        before = block.clone()
+        apply_update(block, direction, settings)
+        apply_awd(block, anchor[part], awd_kind, strength)
+        squared += float(torch.linalg.vector_norm(block - before)) ** 2
+    return squared ** 0.5
+
+
+def _block_noise(noise: Noise, seed: int, first: int, last: int) -> torch.Tensor:
+    """Tensors first..last-1 of draw `seed`, concatenated: the same values as that slice of noise.flat(seed)."""
+    out = torch.empty(sum(noise.sizes[first:last]))
+    offset = 0
+    for index in range(first, last):
+        noise.tensor(seed, index, out=out[offset:offset + noise.sizes[index]])
+        offset += noise.sizes[index]
+    return out
+
+
+_BLOCK = 1 << 22  # elements (16 MB of fp32) per update block
+
+
+def _tensor_blocks(sizes: Sequence[int]) -> Iterable[tuple[int, int, slice]]:
+    """Runs of consecutive whole tensors of about _BLOCK elements (one tensor when it is larger): the update
+    is built one block at a time, so besides theta it needs O(block) memory, not a D-sized direction and a
+    D-sized copy of the old weights (those two alone would double an fp32 model's footprint)."""
+    first, offset, start = 0, 0, 0
+    for index, size in enumerate(sizes):
+        offset += size
+        if offset - start >= _BLOCK or index == len(sizes) - 1:
+            yield first, index + 1, slice(start, offset)
+            first, start = index + 1, offset
 
 
 def apply_logged_step(theta: torch.Tensor, anchor: torch.Tensor, row: Mapping[str, Any], noise: Noise) -> None:

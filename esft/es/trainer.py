@@ -17,7 +17,7 @@ import torch
 
 from esft.es.awd import validate_awd
 from esft.es.params import FlatParams
-from esft.es.population import StepFitness, build_evaluator, build_noise
+from esft.es.population import StepFitness, build_evaluator, build_noise, resolve_cache_noise
 from esft.es.replay import apply_step, noise_description
 from esft.es.strategy import ESSettings, ask, tell
 from esft.policy import Policy
@@ -49,8 +49,10 @@ class ESTrainer:
         self.params = FlatParams(policy.model)
         policy.watch(self.params)  # policy.backend=vllm: the engine follows every load/perturb/restore
         self.noise = build_noise(es_cfg, self.params)  # low-rank for es.evaluator=lowrank, else es.noise
-        self.population = build_evaluator(str(es_cfg.get("evaluator", "inplace")), self.params, self.noise,
-                                          self.settings, bool(es_cfg.get("cache_noise", True)))
+        evaluator = str(es_cfg.get("evaluator", "inplace"))
+        self.cache_noise = resolve_cache_noise(es_cfg.get("cache_noise", "auto"), evaluator,
+                                               self.settings.num_draws, self.params.numel)
+        self.population = build_evaluator(evaluator, self.params, self.noise, self.settings, self.cache_noise)
         self.prompts_per_step = es_cfg.get("prompts_per_step")
         self.seed = int(seed)
         self.replay_log = replay_log

@@ -41,3 +41,47 @@ def test_correlated_mode_reproduces_the_reference_quirk():
     assert torch.equal(eps[:6], eps[6:])  # same seed for every tensor: equal shapes, equal noise
     expected = torch.randn((2, 3), generator=torch.Generator().manual_seed(1234)).reshape(-1)
     assert torch.equal(eps[:6], expected)
+
+
+def test_the_update_built_block_by_block_equals_the_whole_vector_update(monkeypatch):
+    """apply_step builds theta += alpha/N sum c_k eps_k (and AWD) one block of tensors at a time to save two
+    D-sized buffers; the result is the whole-vector formula, and cached and regenerated noise agree bit for bit."""
+    import esft.es.replay as replay
+    from esft.es.strategy import ESSettings
+
+    sizes = [5, 7, 300, 11, 64]
+    gen = NoiseGenerator(sizes)
+    seeds = [member_seed(1, 2, k) for k in range(3)]
+    coefficients = [0.7, -1.2, 0.4]
+    settings = ESSettings(6, 0.01, 0.05)
+    theta0 = torch.randn(sum(sizes), generator=torch.Generator().manual_seed(0))
+    theta = theta0 + 0.1
+    direction = sum(c * gen.flat(s) for c, s in zip(coefficients, seeds))
+    expected = theta0 + (1 - 0.05 * 2.0) * (theta + 0.05 / 6 * direction - theta0)
+
+    monkeypatch.setattr(replay, "_BLOCK", 16)  # several blocks, one of them a single large tensor
+    assert [b[:2] for b in replay._tensor_blocks(sizes)] == [(0, 3), (3, 5)]
+    cached, regenerated = theta.clone(), theta.clone()
+    cache = {k: gen.flat(s) for k, s in enumerate(seeds)}
+    norm = replay.apply_step(cached, theta0, gen, seeds, coefficients, settings, "l2", 2.0, cache)
+    replay.apply_step(regenerated, theta0, gen, seeds, coefficients, settings, "l2", 2.0)
+    assert torch.equal(cached, regenerated)
+    torch.testing.assert_close(cached, expected, rtol=1e-6, atol=1e-6)
+    assert abs(norm - float(torch.linalg.vector_norm(cached - theta))) < 1e-5
+
+
+def test_cache_noise_auto_keeps_draws_only_while_they_fit():
+    import pytest
+
+    from esft.errors import EsftError
+    from esft.es.population import CACHE_NOISE_BUDGET, resolve_cache_noise
+
+    tiny, big = 558_720, 1_500_000_000
+    assert resolve_cache_noise("auto", "inplace", 8, tiny) is True
+    assert resolve_cache_noise("auto", "inplace", 8, big) is False, "8 draws of a 1.5B model would take 48 GB"
+    assert resolve_cache_noise("auto", "inplace", 1, CACHE_NOISE_BUDGET // 4) is True
+    assert resolve_cache_noise("auto", "inplace", 2, CACHE_NOISE_BUDGET // 4) is False
+    assert resolve_cache_noise("auto", "lowrank", 8, big) is True, "low-rank draws are factors"
+    assert resolve_cache_noise(True, "inplace", 8, big) is True and resolve_cache_noise(False, "inplace", 8, tiny) is False
+    with pytest.raises(EsftError, match="true, false or auto"):
+        resolve_cache_noise("sometimes", "inplace", 8, tiny)
