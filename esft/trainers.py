@@ -20,7 +20,7 @@ def validate_method_config(method: str, cfg: Mapping[str, Any]) -> None:
     if method == "es":
         from esft.es.awd import validate_awd
         from esft.es.noise import NOISE_MODES
-        from esft.es.population import EVALUATORS
+        from esft.es.population import EVALUATORS, resolve_cache_noise
         from esft.es.strategy import ESSettings
 
         es, awd = cfg["es"], cfg["awd"]
@@ -32,6 +32,7 @@ def validate_method_config(method: str, cfg: Mapping[str, Any]) -> None:
             raise EsftError(f"unknown es.evaluator '{es.get('evaluator')}'; use one of: {', '.join(EVALUATORS)}")
         if es.get("noise", "iid") not in NOISE_MODES:
             raise EsftError(f"unknown es.noise '{es.get('noise')}'; use one of: {', '.join(NOISE_MODES)}")
+        resolve_cache_noise(es.get("cache_noise", "auto"), str(es.get("evaluator")), 1, 0)  # the value's form
         count = es.get("prompts_per_step")
         if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
             raise EsftError(f"es.prompts_per_step must be a positive integer or null (got {count!r})")

@@ -58,7 +58,7 @@ def test_user_facing_overrides_land_where_documented():
     (["es.population_size=1"], ">= 2"), (["es.population_size=15"], "even"), (["es.sigma=0"], "sigma"),
     (["awd.lambda=200"], "alpha\\*lambda < 1"), (["awd.lambda=-1"], ">= 0"), (["awd.kind=l3"], "awd.kind"),
     (["es.evaluator=magic"], "es.evaluator"), (["awd.anchor=middle"], "awd.anchor"),
-    (["es.sigma=abc"], "es.sigma must be a number"),
+    (["es.sigma=abc"], "es.sigma must be a number"), (["es.cache_noise=sometimes"], "es.cache_noise"),
 ])
 def test_bad_values_are_refused_with_a_clear_message(overrides, message):
     cfg = OmegaConf.to_container(_compose(*overrides), resolve=True)
