@@ -66,6 +66,9 @@ def drift_report(
     group_by: Optional[list[str]] = typer.Option(None, "--group-by", help="Config key(s) to group runs by."),
     task: Optional[str] = typer.Option(None, "--task", help="Only report this prior task."),
     fmt: str = typer.Option("table", "--format", help="table | json | csv"),
+    budget: str = typer.Option("compute_tokens", "--budget",
+                               help="Also compare groups at equal cost of the new stage, measured in "
+                                    "compute_tokens | population_evals | seconds; none: skip."),
 ) -> None:
     """Tables, plots and a report of prior-task drift from finished (or running) runs."""
     from rich.console import Console
@@ -73,7 +76,7 @@ def drift_report(
     from esft.report.command import drift_report as run_report
 
     console = Console() if sys.stdout.isatty() else Console(width=160)  # files and pipes: don't squeeze tables
-    raise typer.Exit(run_report(paths, out, group_by, task, fmt, console))
+    raise typer.Exit(run_report(paths, out, group_by, task, fmt, console, budget))
 
 
 @app.command()

@@ -17,7 +17,7 @@ from rich.console import Console
 from esft.errors import EsftError
 from esft.report.grouping import group_runs
 from esft.report.load import Run, expand, load_runs
-from esft.report.metrics import prior_tasks, stages, summarize
+from esft.report.metrics import BUDGET_MEASURES, prior_tasks, stages, summarize
 from esft.report.plots import save_plots
 from esft.report.render import to_csv, to_json, write_files
 from esft.report.tables import all_tables, to_rich
@@ -43,7 +43,8 @@ def check_task(task: str, runs: list[Run]) -> None:
         raise EsftError(f"--task {task} is not a prior task of any run (prior tasks: {', '.join(known) or 'none'})")
 
 
-def build(paths: list[str], group_by: list[str] | None, task: str | None) -> tuple[dict, dict, list[str]]:
+def build(paths: list[str], group_by: list[str] | None, task: str | None,
+          budget: str | None = "compute_tokens") -> tuple[dict, dict, list[str]]:
     """(summary, curves, warnings); raises EsftError when nothing can be reported."""
     loaded = load_runs(paths)
     if not loaded.runs:
@@ -54,7 +55,7 @@ def build(paths: list[str], group_by: list[str] | None, task: str | None) -> tup
     groups, keys = group_runs(loaded.runs, group_by)
     if task is not None:
         check_task(task, loaded.runs)
-    summary, curves = summarize(groups, keys, task)
+    summary, curves = summarize(groups, keys, task, budget)
     messages = loaded.messages + summary.pop("problems")
     header: dict[str, Any] = {
         "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -71,16 +72,20 @@ def drift_report(
     task: str | None,
     fmt: str,
     console: Console,
+    budget: str = "compute_tokens",
 ) -> int:
     """Report on the runs under `paths`; returns the exit code (0 ok, 2 with one line on stderr)."""
     if fmt not in FORMATS:
         _err(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
         return 2
+    if budget not in (*BUDGET_MEASURES, "none"):
+        _err(f"--budget {budget}: choose one of {', '.join(BUDGET_MEASURES)}, none")
+        return 2
     if not paths:
         _err("give at least one run dir, sweep root or glob")
         return 2
     try:
-        summary, curves, warnings = build(paths, group_by, task)
+        summary, curves, warnings = build(paths, group_by, task, None if budget == "none" else budget)
     except EsftError as exc:
         _err(str(exc))
         return 2

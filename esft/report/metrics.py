@@ -27,6 +27,12 @@ Per run:
   compute         sums of forward/backward_tokens, population_evals, generated_tokens and seconds over metrics rows
                   (compute_tokens = forward + 2 x backward tokens, proportional to FLOPs),
                   for the whole run and for the new stage alone
+Across groups:
+  equal budget    every group read at the same cost of the new stage: the cheapest group's mean cost (in
+                  compute_tokens by default, or population_evals or seconds). Each run is read at the last
+                  eval of its new stage whose cumulative stage cost is within that budget, with the gain and
+                  the drift metrics computed over the evals up to there. A group that costs 4x per step is
+                  thus judged after a quarter of its steps.
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ LOGGED_COMPUTE = ("forward_tokens", "backward_tokens", "population_evals", "gene
 # compute_tokens = forward + 2 x backward tokens: proportional to training FLOPs (~2D per forward token,
 # ~4D per backward token), so ES (forward only) and GRPO/PPO (forward + backward) compare at equal compute.
 COMPUTE_FIELDS = ("compute_tokens", *LOGGED_COMPUTE)
+#: costs at which `drift-report --budget` compares groups
+BUDGET_MEASURES = ("compute_tokens", "population_evals", "seconds")
 
 
 def cfg_get(config: dict[str, Any], dotted: str, default: Any = None) -> Any:
@@ -245,6 +253,83 @@ def run_metrics(run: Run) -> dict[str, Any]:
     return out
 
 
+def stage_cost_curve(run: Run, stage: int, measure: str) -> list[Point]:
+    """(step, cost of the stage through that step) from the metrics rows; [] if a row lacks the counter.
+    measure: a BUDGET_MEASURES name (compute_tokens = forward + 2 x backward tokens)."""
+    rows = sorted((r for r in run.metrics if r.get("stage") == stage and r.get("step") is not None),
+                  key=lambda r: int(r["step"]))
+    total, out = 0.0, []
+    for row in rows:
+        if measure == "compute_tokens":
+            forward, backward = row.get("forward_tokens"), row.get("backward_tokens") or 0
+            value = forward + 2 * backward if isinstance(forward, (int, float)) else None
+        else:
+            value = row.get(measure)
+        if not isinstance(value, (int, float)):
+            return []
+        total += value
+        out.append((int(row["step"]), total))
+    return out
+
+
+def at_budget(run: Run, metrics: dict[str, Any], budget: float, measure: str) -> dict[str, Any] | None:
+    """The run read at the last eval of its new stage that it reached within `budget` of the new stage's cost:
+    new-task gain and prior-task drift up to that eval (the same definitions as over the whole stage).
+    None when the run has no new stage or never logged the measure."""
+    stage_list = stages(run)
+    if not stage_list:
+        return None
+    new = stage_list[-1]
+    costs = dict(stage_cost_curve(run, new["index"], measure))
+    if not costs:
+        return None
+    start = new["first_step"] - 1
+    points = eval_curve(run, new["task"], new["index"])
+    within = [step for step, _ in points if step == start or costs.get(step, math.inf) <= budget]
+    if not within:
+        return None
+    step = max(within)
+    accuracy = dict(points)
+    prior = {task: drift([p for p in eval_curve(run, task, new["index"]) if p[0] <= step])
+             for task in metrics["prior"]}
+    return {"step": step, "steps_in_stage": step - start, "cost": costs.get(step, 0.0),
+            "new_task_gain": accuracy[step] - accuracy[points[0][0]], "prior": prior}
+
+
+def equal_budget(groups: list[dict[str, Any]], runs_by_group: dict[str, list[tuple[Run, dict[str, Any]]]],
+                 measure: str) -> dict[str, Any] | None:
+    """Every group read at the cheapest group's cost of the new stage (mean over its seeds): the comparison
+    the papers' cost claims need (e.g. AWD against a 4x larger population at the compute of the smaller one).
+    None with fewer than two groups or when a group never logged the measure."""
+    key = f"new_stage_{measure}"
+    means = [g[key]["mean"] for g in groups if g.get(key)]
+    if len(groups) < 2 or len(means) < len(groups) or None in means:
+        return None
+    budget = min(means)
+    out: dict[str, Any] = {"measure": measure, "budget": budget, "groups": []}
+    for g in groups:
+        reads = [r for r in (at_budget(run, m, budget, measure) for run, m in runs_by_group[g["label"]]) if r]
+        tasks = _ordered_union([list(r["prior"]) for r in reads])
+
+        def field(get: Any, reads: list[dict[str, Any]] = reads) -> dict[str, Any]:
+            values = []
+            for r in reads:
+                try:
+                    values.append(get(r))
+                except (KeyError, TypeError):
+                    continue
+            return aggregate(values)
+
+        out["groups"].append({
+            "label": g["label"], "n_runs": len(reads),
+            "steps_in_stage": field(lambda r: r["steps_in_stage"]), "cost": field(lambda r: r["cost"]),
+            "new_task_gain": field(lambda r: r["new_task_gain"]),
+            "prior": {t: {f: field(lambda r, t=t, f=f: r["prior"][t][f]) for f in ("max_drop", "final_drop")}
+                      for t in tasks},
+        })
+    return out
+
+
 def run_curves(run: Run, metrics: dict[str, Any]) -> dict[str, Any]:
     """The step curves the plots draw for one run (whole run, all stages)."""
     theta = theta_curve(run)
@@ -352,12 +437,16 @@ def group_curves(curves: list[dict[str, Any]], task: str | None = None) -> dict[
     }
 
 
-def summarize(groups: list[Group], keys: list[str], task: str | None = None) -> tuple[dict, dict]:
-    """The report's data: (summary, JSON-ready; curves by group label, for the plots)."""
+def summarize(groups: list[Group], keys: list[str], task: str | None = None,
+              budget: str | None = "compute_tokens") -> tuple[dict, dict]:
+    """The report's data: (summary, JSON-ready; curves by group label, for the plots). `budget`: the
+    BUDGET_MEASURES cost at which groups are also compared (`equal_budget`), or None."""
     summary: dict[str, Any] = {"group_keys": keys, "task_filter": task, "groups": [], "runs": [], "problems": []}
     curves: dict[str, Any] = {}
+    runs_by_group: dict[str, list[tuple[Run, dict[str, Any]]]] = {}
     for group in groups:
         per_run, per_curves = [], []
+        runs_by_group[group.label] = []
         for run in group.runs:
             try:  # rows of the wrong shape must not sink the whole report
                 m = run_metrics(run)
@@ -370,7 +459,9 @@ def summarize(groups: list[Group], keys: list[str], task: str | None = None) -> 
             if task is not None:
                 m["prior"] = {t: v for t, v in m["prior"].items() if t == task}
             per_run.append(m)
+            runs_by_group[group.label].append((run, m))
         summary["runs"].extend(per_run)
         summary["groups"].append(group_summary(group, per_run, task))
         curves[group.label] = group_curves(per_curves, task)
+    summary["equal_budget"] = equal_budget(summary["groups"], runs_by_group, budget) if budget else None
     return summary, curves

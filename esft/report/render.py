@@ -37,6 +37,8 @@ DEFINITIONS = [
     "**|θ-θ0|/pred**: final distance from the initial weights over alpha*sqrt(T*D/N) (no AWD) or, with "
     "AWD-L2 (c = alpha*lambda), alpha*sqrt(D/N*(1-(1-c)^(2T))/(2c-c^2)).",
     "Groups: runs whose configs agree on every key that differs somewhere (seeds aside); mean ± sample std.",
+    "**At equal cost**: every group read at the cheapest group's mean cost of the new stage (`--budget`); each "
+    "run at the last eval within it, with gain and drops computed over the evals up to there.",
 ]
 
 

@@ -85,6 +85,28 @@ def drift_table(summary: dict[str, Any]) -> TableData:
     return TableData("Prior-task drift during the new stage (mean ± std over seeds)", headers, rows, notes)
 
 
+def budget_table(summary: dict[str, Any]) -> TableData | None:
+    """Groups compared at equal cost of the new stage (summary["equal_budget"]); None when not computed."""
+    budget = summary.get("equal_budget")
+    if not budget:
+        return None
+    headers = ["group", "prior task", "n", "new-stage steps", f"{budget['measure']} used", "new-task gain",
+               "max drop", "final drop"]
+    rows = []
+    for g in budget["groups"]:
+        common = [g["label"]]
+        tasks = list(g["prior"]) or [MISSING]
+        for task in tasks:
+            d = g["prior"].get(task, {})
+            rows.append([*common, task, str(g["n_runs"]), fmt_agg(g["steps_in_stage"], 0),
+                         fmt_agg(g["cost"], count=True), fmt_agg(g["new_task_gain"]),
+                         fmt_agg(d.get("max_drop", {})), fmt_agg(d.get("final_drop", {}))])
+    value = fmt_count(budget["budget"])
+    notes = [f"budget: {value} {budget['measure']} of the new stage (the cheapest group's mean); each run is read "
+             "at its last eval within it (--budget picks the measure, --budget none drops this table)"]
+    return TableData(f"At equal cost of the new stage ({value} {budget['measure']})", headers, rows, notes)
+
+
 def runs_table(summary: dict[str, Any]) -> TableData:
     headers = ["run", "group", "seed", "state", "steps", "new-task gain", "ACC", "BWT", "|θ-θ0|",
                "|θ-θ0|/pred", "compute tok.", "warnings"]
@@ -108,7 +130,8 @@ def gem_table(run: dict[str, Any]) -> TableData:
 
 
 def all_tables(summary: dict[str, Any]) -> list[TableData]:
-    return [groups_table(summary), drift_table(summary), runs_table(summary)]
+    budget = budget_table(summary)
+    return [groups_table(summary), drift_table(summary), *([budget] if budget else []), runs_table(summary)]
 
 
 def _cell(header: str, value: str) -> Text:

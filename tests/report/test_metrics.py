@@ -196,3 +196,29 @@ def test_keys_added_to_the_schema_later_do_not_split_groups(make_run) -> None:
     other = load_run(make_run(name="other"))
     other.config["policy"] = {"backend": "vllm"}
     assert differing_keys([old, new, other]) == ["policy.backend"]
+
+
+def test_groups_are_compared_at_equal_cost_of_the_new_stage(make_run) -> None:
+    """pop=16 costs 16 evals a step, pop=32 twice that: at the budget of the cheaper group (6 new-stage steps
+    x 16 = 96 evals) the pop=32 runs are read at step 6, two steps into the new stage (64 <= 96 < 128)."""
+    runs = [load_run(make_run(f"p{pop}s{seed}", seed=seed, pop=pop)) for pop in (16, 32) for seed in (0, 1)]
+    groups, keys = group_runs(runs)
+    summary, _ = summarize(groups, keys, budget="population_evals")
+    budget = summary["equal_budget"]
+    assert budget["measure"] == "population_evals" and budget["budget"] == 96
+    cheap, dear = budget["groups"]
+    assert cheap["label"].endswith("=16") and dear["label"].endswith("=32")
+    # the cheap group is read at its end: add 0.9 -> min 0.3, final 0.6; reverse 0.5 -> 0.9
+    assert cheap["steps_in_stage"]["mean"] == 6 and cheap["cost"]["mean"] == 96
+    assert cheap["prior"]["add"]["max_drop"]["mean"] == approx(0.6)
+    assert cheap["prior"]["add"]["final_drop"]["mean"] == approx(0.3)
+    assert cheap["new_task_gain"]["mean"] == approx(0.4)
+    # the dear group at step 6: add 0.9 -> 0.5, reverse 0.5 -> 0.6, subtract 0.8 -> 0.7
+    assert dear["steps_in_stage"]["mean"] == 2 and dear["cost"]["mean"] == 64 and dear["n_runs"] == 2
+    assert dear["prior"]["add"]["max_drop"]["mean"] == approx(0.4)
+    assert dear["prior"]["subtract"]["final_drop"]["mean"] == approx(0.1)
+    assert dear["new_task_gain"]["mean"] == approx(0.1)
+    # the whole-stage numbers are untouched, and one group (or --budget none) has no equal-budget view
+    assert summary["groups"][1]["new_task_gain"]["mean"] == approx(0.4)
+    assert summarize(groups, keys, budget=None)[0]["equal_budget"] is None
+    assert summarize(groups[:1], keys)[0]["equal_budget"] is None

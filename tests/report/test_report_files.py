@@ -18,9 +18,10 @@ PNGS = ["prior_accuracy.png", "new_task_accuracy.png", "theta_drift.png", "drop_
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def report(paths: list[Path | str], out: Path | None = None, fmt: str = "table", group_by=None, task=None):
+def report(paths: list[Path | str], out: Path | None = None, fmt: str = "table", group_by=None, task=None,
+           budget: str = "compute_tokens"):
     console = Console(file=io.StringIO(), width=220, color_system=None)
-    code = drift_report([str(p) for p in paths], str(out) if out else None, group_by, task, fmt, console)
+    code = drift_report([str(p) for p in paths], str(out) if out else None, group_by, task, fmt, console, budget)
     return code, console.file.getvalue()
 
 
@@ -64,6 +65,12 @@ def test_sweep_root_renders_every_file(rendered) -> None:
     # the terminal: rich tables naming groups and marking the running run
     assert "Prior-task drift" in stdout and "awd.lambda=1" in stdout and "running" in stdout
     assert stderr == ""
+    # equal cost: the running job's 4 new-stage steps x 1000 tokens; the finished job is read at step 8 too
+    budget = summary["equal_budget"]
+    assert budget["measure"] == "compute_tokens" and budget["budget"] == 4000
+    assert [g["steps_in_stage"]["mean"] for g in budget["groups"]] == [4, 4]
+    assert budget["groups"][0]["prior"]["add"]["max_drop"]["mean"] == pytest.approx(0.6)  # 0.9 -> 0.3 at step 8
+    assert "At equal cost of the new stage (4k compute_tokens)" in stdout and "At equal cost" in md
 
 
 def test_csv_has_group_and_run_rows(rendered) -> None:
@@ -164,3 +171,13 @@ def test_a_glob_over_runs_skips_the_report_beside_them(make_run, tmp_path: Path,
     capsys.readouterr()
     code, _ = report([tmp_path / "*"])  # now the glob matches drift-report/ too
     assert code == 0 and capsys.readouterr().err.count("warning") == 0
+
+
+def test_budget_measure_is_checked_and_can_be_switched_off(sweep: Path, tmp_path: Path, capsys) -> None:
+    code, _ = report([sweep], tmp_path / "b", budget="flops")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == ["esft drift-report: --budget flops: choose one of compute_tokens, "
+                                 "population_evals, seconds, none"]
+    code, stdout = report([sweep], tmp_path / "n", budget="none")
+    assert code == 0 and "At equal cost" not in stdout
+    assert json.loads((tmp_path / "n" / "summary.json").read_text())["equal_budget"] is None
