@@ -68,12 +68,7 @@ def apply_step(theta: torch.Tensor, anchor: torch.Tensor, noise: Noise, seeds: S
 
 def _block_noise(noise: Noise, seed: int, first: int, last: int) -> torch.Tensor:
     """Tensors first..last-1 of draw `seed`, concatenated: the same values as that slice of noise.flat(seed)."""
-    out = torch.empty(sum(noise.sizes[first:last]))
-    offset = 0
-    for index in range(first, last):
-        noise.tensor(seed, index, out=out[offset:offset + noise.sizes[index]])
-        offset += noise.sizes[index]
-    return out
+    return noise.fill(seed, range(first, last), torch.empty(sum(noise.sizes[first:last])))
 
 
 _BLOCK = 1 << 22  # elements (16 MB of fp32) per update block

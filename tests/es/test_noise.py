@@ -85,3 +85,24 @@ def test_cache_noise_auto_keeps_draws_only_while_they_fit():
     assert resolve_cache_noise(True, "inplace", 8, big) is True and resolve_cache_noise(False, "inplace", 8, tiny) is False
     with pytest.raises(EsftError, match="true, false or auto"):
         resolve_cache_noise("sometimes", "inplace", 8, tiny)
+
+
+def test_large_draws_are_filled_by_several_threads_with_the_serial_values(monkeypatch):
+    import esft.es.noise as noise_module
+    from esft.es.lowrank import LowRankNoise
+
+    for gen in (NoiseGenerator([300, 7, 1200, 64, 5]), NoiseGenerator([300, 7, 1200, 64, 5], mode="correlated"),
+                LowRankNoise([(20, 15), (7,), (40, 30)], rank=2, freeze_nonmatrix=False)):
+        seed = member_seed(0, 4, 1)
+        serial = gen.flat(seed)
+        monkeypatch.setattr(noise_module, "PARALLEL_MIN_NUMEL", 1)
+        previous = torch.get_num_threads()
+        torch.set_num_threads(2)
+        try:
+            threaded = gen.flat(seed)
+            part = gen.fill(seed, range(1, 3), torch.empty(sum(gen.sizes[1:3])))
+        finally:
+            torch.set_num_threads(previous)
+            monkeypatch.undo()
+        assert torch.equal(threaded, serial)
+        assert torch.equal(part, serial[gen.sizes[0]:sum(gen.sizes[:3])])

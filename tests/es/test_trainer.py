@@ -65,3 +65,25 @@ def test_update_magnitude_matches_reference_form(policy, digit_task):
     direction = sum(c * trainer.noise.flat(s) for c, s in zip(row["coefficients"], row["seeds"]))
     expected = trainer.params.theta0 + ES["alpha"] / ES["population_size"] * direction
     assert torch.allclose(trainer.params.master, expected, atol=1e-6)
+
+
+def test_prefetching_the_next_draw_changes_nothing_but_when_noise_is_made(digit_task):
+    """The GPU-host path (next draw generated on a worker thread while a member is evaluated), forced on the
+    CPU: same rewards, same cached noise, same weights after the step, with and without a noise cache."""
+    from esft.es.population import InplaceEvaluator
+    from tests.conftest import micro_policy
+
+    for cache_noise in (True, False):
+        results = []
+        for prefetch in (False, True):
+            es = {**ES, "population_size": 6, "cache_noise": cache_noise}
+            trainer = ESTrainer(micro_policy(), es, {"kind": "l2", "lambda": 1.0, "anchor": "start"}, seed=3,
+                                replay_log=lambda row: None, batch_size=64)
+            trainer.population = InplaceEvaluator(trainer.params, trainer.noise, trainer.settings, cache_noise,
+                                                  prefetch=prefetch)
+            trainer.set_stage(0, digit_task)
+            rewards = [trainer.step(step)["reward_mean"] for step in (1, 2)]
+            results.append((rewards, trainer.params.master.clone()))
+        assert results[0][0] == results[1][0]
+        assert torch.equal(results[0][1], results[1][1])
+    assert len(trainer.population._buffers) == 2, "two alternating buffers when prefetching without a cache"
