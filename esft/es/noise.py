@@ -14,9 +14,9 @@ only; the papers' maths (eps ~ N(0, I)) is the iid mode.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from functools import cache
+from functools import cache, partial
 
 import numpy as np
 import torch
@@ -38,11 +38,23 @@ def _tensor_seed(seed: int, tensor_index: int) -> int:
 
 #: vectors of at least this many numbers are drawn by several threads (FlatNoise.fill)
 PARALLEL_MIN_NUMEL = 1 << 22
+#: iid streams of tensors larger than this are cut into chunks of this many numbers, each with a stream of
+#: its own, so that one large matrix (a 1.5B model's 233M-entry embedding) is not drawn by one thread. Part of
+#: the noise *definition*: changing it changes the noise of large tensors (and the replay of their runs).
+CHUNK_NUMEL = 1 << 24
+
+Piece = tuple[int, Callable[[], object]]  # (numbers, a call that draws them into their place)
 
 
 @cache
 def _thread_pool(workers: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="esft-noise")
+
+
+def _seeded_randn(seed: int, out: torch.Tensor) -> torch.Tensor:
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return torch.randn(out.numel(), generator=generator, out=out)
 
 
 class FlatNoise:
@@ -55,6 +67,10 @@ class FlatNoise:
         """Noise of one parameter tensor, flattened; written into `out` (1-D, that tensor's size) if given."""
         raise NotImplementedError
 
+    def pieces(self, seed: int, index: int, out: torch.Tensor) -> list[Piece]:
+        """Independent units of work that together draw tensor `index` into `out` (default: the whole tensor)."""
+        return [(out.numel(), lambda: self.tensor(seed, index, out=out))]
+
     def flat(self, seed: int, out: torch.Tensor | None = None) -> torch.Tensor:
         """All tensors' noise concatenated in parameter order, as one fp32 vector of length D."""
         return self.fill(seed, range(len(self.sizes)), torch.empty(self.numel) if out is None else out)
@@ -63,20 +79,21 @@ class FlatNoise:
         """Tensors `indices` (consecutive) of draw `seed`, concatenated into `out`.
 
         torch's CPU normal sampler is serial (about 5 ns a number: 7 s per draw of a 1.5B model), but every
-        tensor has its own stream, so large vectors are drawn by several threads, one tensor each, largest
-        first; the values are those of the serial loop. (randn releases the GIL.)
+        tensor (and every chunk of a large one) has its own stream, so large vectors are drawn by several
+        threads, largest pieces first; the values are those of the serial loop. (randn releases the GIL.)
         """
-        spans, offset = [], 0
+        pieces: list[Piece] = []
+        offset = 0
         for index in indices:
-            spans.append((index, out[offset:offset + self.sizes[index]]))
+            pieces.extend(self.pieces(seed, index, out[offset:offset + self.sizes[index]]))
             offset += self.sizes[index]
-        workers = min(torch.get_num_threads(), len(spans))
+        workers = min(torch.get_num_threads(), len(pieces))
         if workers > 1 and offset >= PARALLEL_MIN_NUMEL:
-            spans.sort(key=lambda span: -span[1].numel())
-            list(_thread_pool(workers).map(lambda span: self.tensor(seed, span[0], out=span[1]), spans))
+            pieces.sort(key=lambda piece: -piece[0])
+            list(_thread_pool(workers).map(lambda piece: piece[1](), pieces))
         else:
-            for index, part in spans:
-                self.tensor(seed, index, out=part)
+            for _, draw in pieces:
+                draw()
         return out
 
 
@@ -95,7 +112,20 @@ class NoiseGenerator(FlatNoise):
     def tensor(self, seed: int, index: int, out: torch.Tensor | None = None) -> torch.Tensor:
         """Noise of one parameter tensor (flattened), independent of every other tensor's stream. Drawn
         straight into `out` when given (the values depend only on the stream and the element count)."""
-        generator = torch.Generator()
-        generator.manual_seed(_tensor_seed(seed, index) if self.mode == "iid" else int(seed))  # es-awd: one seed
-        return torch.randn(self.sizes[index], generator=generator, out=out)
+        out = torch.empty(self.sizes[index]) if out is None else out
+        for _, draw in self.pieces(seed, index, out):
+            draw()
+        return out
 
+    def pieces(self, seed: int, index: int, out: torch.Tensor) -> list[Piece]:
+        """iid: one stream per tensor, or per CHUNK_NUMEL-sized chunk of a larger tensor (chunk c seeded from
+        (tensor seed, c)); correlated: es-awd's one generator seeded with the member seed for every tensor,
+        never chunked, so that it stays the reference code's noise."""
+        size = self.sizes[index]
+        if self.mode != "iid":
+            return [(size, lambda: _seeded_randn(int(seed), out))]
+        stream = _tensor_seed(seed, index)
+        if size <= CHUNK_NUMEL:
+            return [(size, lambda: _seeded_randn(stream, out))]
+        chunks = [out[start:start + CHUNK_NUMEL] for start in range(0, size, CHUNK_NUMEL)]
+        return [(part.numel(), partial(_seeded_randn, _tensor_seed(stream, c), part)) for c, part in enumerate(chunks)]

@@ -71,17 +71,22 @@ def _block_noise(noise: Noise, seed: int, first: int, last: int) -> torch.Tensor
     return noise.fill(seed, range(first, last), torch.empty(sum(noise.sizes[first:last])))
 
 
-_BLOCK = 1 << 22  # elements (16 MB of fp32) per update block
+_BLOCK = 1 << 22  # elements per update block at least (16 MB of fp32) ...
+_BLOCKS = 16  # ... or a 16th of the parameters, whichever is more
 
 
 def _tensor_blocks(sizes: Sequence[int]) -> Iterable[tuple[int, int, slice]]:
-    """Runs of consecutive whole tensors of about _BLOCK elements (one tensor when it is larger): the update
-    is built one block at a time, so besides theta it needs O(block) memory, not a D-sized direction and a
-    D-sized copy of the old weights (those two alone would double an fp32 model's footprint)."""
+    """Runs of consecutive whole tensors of max(_BLOCK, D / _BLOCKS) elements (one tensor when it is larger):
+    the update is built one block at a time, so besides theta it needs 1/16 of D (a 1.5B model: 94M numbers),
+    not a D-sized direction and a D-sized copy of the old weights (those two alone would double an fp32
+    model's footprint). Large models' blocks hold many tensors, so regenerated noise is drawn by several
+    threads (FlatNoise.fill). The blocks depend on the sizes alone: training and replay cut them alike, which
+    keeps the two bit-identical."""
+    limit = max(_BLOCK, sum(sizes) // _BLOCKS)
     first, offset, start = 0, 0, 0
     for index, size in enumerate(sizes):
         offset += size
-        if offset - start >= _BLOCK or index == len(sizes) - 1:
+        if offset - start >= limit or index == len(sizes) - 1:
             yield first, index + 1, slice(start, offset)
             first, start = index + 1, offset
 

@@ -106,3 +106,27 @@ def test_large_draws_are_filled_by_several_threads_with_the_serial_values(monkey
             monkeypatch.undo()
         assert torch.equal(threaded, serial)
         assert torch.equal(part, serial[gen.sizes[0]:sum(gen.sizes[:3])])
+
+
+def test_large_tensors_are_drawn_in_chunks_with_streams_of_their_own(monkeypatch):
+    import esft.es.noise as noise_module
+
+    monkeypatch.setattr(noise_module, "CHUNK_NUMEL", 100)
+    gen = NoiseGenerator([350, 60])
+    seed = member_seed(2, 1, 0)
+    eps = gen.flat(seed)
+    # a tensor within one chunk is one stream, as before chunking existed
+    generator = torch.Generator().manual_seed(noise_module._tensor_seed(seed, 1))
+    assert torch.equal(eps[350:], torch.randn(60, generator=generator))
+    # the large one: 4 chunks, each its own stream (no chunk repeats another's numbers)
+    chunks = [eps[start:start + 100] for start in (0, 100, 200)]
+    assert not any(torch.equal(a, b) for i, a in enumerate(chunks) for b in chunks[i + 1:])
+    assert [n for n, _ in gen.pieces(seed, 0, torch.empty(350))] == [100, 100, 100, 50]
+    assert torch.equal(gen.tensor(seed, 0), eps[:350])
+    monkeypatch.setattr(noise_module, "PARALLEL_MIN_NUMEL", 1)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert torch.equal(gen.flat(seed), eps), "threads drawing the chunks give the serial values"
+    finally:
+        torch.set_num_threads(previous)
