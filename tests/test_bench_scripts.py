@@ -1,0 +1,58 @@
+"""The benchmark scripts run end to end (on shrunken workloads) and print the JSON the README promises.
+
+Timings are not asserted (speed targets live in the benchmarks, not in tests); the point is that the one
+GPU run a session may get is not lost to a Python error in a path the CPU workloads do not take (members
+timed on a subset, no per-method warm-up, bf16).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses resolve their module by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_es_prints_the_headline_json(monkeypatch, capsys):
+    bench = _load("bench_es")
+    small = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+             "num_key_value_heads": 2}
+    tiny = replace(bench.WORKLOADS["tiny"], population=4, prompts=8, repeats=2)
+    # the GPU workload's code paths (subset of members timed, one global warm-up, bf16), shrunk to run on a CPU
+    gpu_like = replace(bench.WORKLOADS["gpu05b"], shape={**bench.WORKLOADS["gpu05b"].shape, **small}, vocab=258,
+                       population=4, prompts=4, new_tokens=4, sequential_members=2, needs_cuda=False,
+                       batch_size=16)
+    monkeypatch.setattr(bench, "WORKLOADS", {"tiny": tiny, "gpu05b": gpu_like})
+    previous = torch.get_num_threads()
+    try:
+        assert bench.main(["--workload", "all", "--threads", "1", "--json"]) == 0
+    finally:
+        torch.set_num_threads(previous)
+    headline = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("speedup_vs_reference", "fraction_of_inference", "peak_rss_mb"):
+        assert headline[key] > 0, key
+    assert headline["headline_workload"] == "tiny"
+    workloads = {w["workload"]: w for w in headline["workloads"]}
+    assert workloads["gpu05b"]["dtype"] == "bfloat16" and workloads["gpu05b"]["sequential_members"] == 2
+    assert workloads["gpu05b"]["methods"]["reference"]["members"] == 2
+    assert workloads["gpu05b"]["methods"]["lowrank"]["members"] == 4
+
+
+def test_bench_es_refuses_an_unknown_workload():
+    bench = _load("bench_es")
+    with pytest.raises(SystemExit):
+        bench.main(["--workload", "bogus"])
