@@ -300,10 +300,11 @@ def equal_budget(groups: list[dict[str, Any]], runs_by_group: dict[str, list[tup
                  measure: str) -> dict[str, Any] | None:
     """Every group read at the cheapest group's cost of the new stage (mean over its seeds): the comparison
     the papers' cost claims need (e.g. AWD against a 4x larger population at the compute of the smaller one).
-    None with fewer than two groups or when a group never logged the measure."""
+    None with fewer than two groups, when a group never logged the measure, or when every group cost the same
+    (within 1%: the whole-stage tables already are the equal-cost comparison)."""
     key = f"new_stage_{measure}"
     means = [g[key]["mean"] for g in groups if g.get(key)]
-    if len(groups) < 2 or len(means) < len(groups) or None in means:
+    if len(groups) < 2 or len(means) < len(groups) or None in means or max(means) <= 1.01 * min(means):
         return None
     budget = min(means)
     out: dict[str, Any] = {"measure": measure, "budget": budget, "groups": []}

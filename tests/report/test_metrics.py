@@ -222,3 +222,6 @@ def test_groups_are_compared_at_equal_cost_of_the_new_stage(make_run) -> None:
     assert summary["groups"][1]["new_task_gain"]["mean"] == approx(0.4)
     assert summarize(groups, keys, budget=None)[0]["equal_budget"] is None
     assert summarize(groups[:1], keys)[0]["equal_budget"] is None
+    same_cost = [load_run(make_run(f"l{lam}", lam=lam)) for lam in (0.0, 1.0)]
+    groups, keys = group_runs(same_cost)
+    assert summarize(groups, keys)[0]["equal_budget"] is None, "equal costs: the main tables already compare"
