@@ -313,13 +313,7 @@ def equal_budget(groups: list[dict[str, Any]], runs_by_group: dict[str, list[tup
         tasks = _ordered_union([list(r["prior"]) for r in reads])
 
         def field(get: Any, reads: list[dict[str, Any]] = reads) -> dict[str, Any]:
-            values = []
-            for r in reads:
-                try:
-                    values.append(get(r))
-                except (KeyError, TypeError):
-                    continue
-            return aggregate(values)
+            return aggregate_over(reads, get)
 
         out["groups"].append({
             "label": g["label"], "n_runs": len(reads),
@@ -354,6 +348,17 @@ def aggregate(values: list[Any]) -> dict[str, Any]:
     mean = sum(xs) / len(xs)
     std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else None
     return {"mean": mean, "std": std, "min": min(xs), "max": max(xs), "n": len(xs)}
+
+
+def aggregate_over(items: list[dict[str, Any]], get: Any) -> dict[str, Any]:
+    """aggregate() of get(item) over the items that have the value (a missing key or a None on the way skips)."""
+    values = []
+    for item in items:
+        try:
+            values.append(get(item))
+        except (KeyError, TypeError):
+            continue
+    return aggregate(values)
 
 
 def mean_curve(curves: list[list[Point]]) -> dict[str, list[float]]:
@@ -394,13 +399,7 @@ def group_summary(group: Group, per_run: list[dict[str, Any]], task: str | None 
     tasks = [t for t in _ordered_union([list(m["prior"]) for m in per_run]) if task in (None, t)]
 
     def field(get: Any) -> dict[str, Any]:
-        values = []
-        for m in per_run:
-            try:
-                values.append(get(m))
-            except (KeyError, TypeError):
-                continue
-        return aggregate(values)
+        return aggregate_over(per_run, get)
 
     def mean_over_tasks(m: dict[str, Any], name: str) -> float | None:
         vals = [m["prior"][t][name] for t in tasks if m["prior"].get(t) and m["prior"][t][name] is not None]
