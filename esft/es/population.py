@@ -21,6 +21,7 @@ Hugging Face's early stop once every sequence has finished).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+import logging
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Union
 
@@ -36,6 +37,7 @@ from esft.policy import Policy
 from esft.tasks.base import Example, Task
 
 Noise = Union[NoiseGenerator, LowRankNoise]
+log = logging.getLogger("esft")
 
 
 class _PreparedExactMatch:
@@ -254,7 +256,11 @@ def resolve_cache_noise(value: Any, evaluator: str, draws: int, numel: int) -> b
     if isinstance(value, bool):
         return value
     if str(value).lower() == "auto":
-        return evaluator == "lowrank" or draws * numel * 4 <= CACHE_NOISE_BUDGET
+        fits = evaluator == "lowrank" or draws * numel * 4 <= CACHE_NOISE_BUDGET
+        if not fits and numel:
+            log.info("es.cache_noise=auto: regenerating the noise for the update (keeping %d draws of %.3g "
+                     "numbers would take %.1f GB)", draws, numel, draws * numel * 4 / 1e9)
+        return fits
     raise EsftError(f"es.cache_noise must be true, false or auto (got {value!r})")
 
 
