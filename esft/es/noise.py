@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache, partial
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,7 +41,7 @@ def _tensor_seed(seed: int, tensor_index: int) -> int:
 PARALLEL_MIN_NUMEL = 1 << 22
 #: iid streams of tensors larger than this are cut into chunks of this many numbers, each with a stream of
 #: its own, so that one large matrix (a 1.5B model's 233M-entry embedding) is not drawn by one thread. Part of
-#: the noise *definition*: changing it changes the noise of large tensors (and the replay of their runs).
+#: the noise *definition*, so every replay-log row records it (`chunk`) and replay rebuilds what was logged.
 CHUNK_NUMEL = 1 << 24
 
 Piece = tuple[int, Callable[[], object]]  # (numbers, a call that draws them into their place)
@@ -101,13 +102,20 @@ class NoiseGenerator(FlatNoise):
     """Regenerates the flat fp32 noise vector eps(seed) for parameters of the given sizes."""
 
     def __init__(self, sizes: Sequence[int], shapes: Sequence[tuple[int, ...]] | None = None,
-                 mode: str = "iid") -> None:
+                 mode: str = "iid", chunk: int | None = CHUNK_NUMEL) -> None:
+        """`chunk`: the iid chunk length (CHUNK_NUMEL; None = one stream per tensor however large, the
+        definition of replay-log rows written before chunking existed, which record no `chunk`)."""
         if mode not in NOISE_MODES:
             raise ValueError(f"noise mode must be one of {NOISE_MODES}, got {mode!r}")
+        self.chunk = chunk
         self.sizes = [int(s) for s in sizes]
         self.shapes = list(shapes) if shapes is not None else [(s,) for s in self.sizes]
         self.mode = mode
         self.numel = sum(self.sizes)
+
+    def describe(self) -> dict[str, Any]:
+        """What the replay log records so esft/es/replay.py can rebuild this generator."""
+        return {"noise": self.mode, **({"chunk": self.chunk} if self.mode == "iid" else {})}
 
     def tensor(self, seed: int, index: int, out: torch.Tensor | None = None) -> torch.Tensor:
         """Noise of one parameter tensor (flattened), independent of every other tensor's stream. Drawn
@@ -125,7 +133,7 @@ class NoiseGenerator(FlatNoise):
         if self.mode != "iid":
             return [(size, lambda: _seeded_randn(int(seed), out))]
         stream = _tensor_seed(seed, index)
-        if size <= CHUNK_NUMEL:
+        if self.chunk is None or size <= self.chunk:
             return [(size, lambda: _seeded_randn(stream, out))]
-        chunks = [out[start:start + CHUNK_NUMEL] for start in range(0, size, CHUNK_NUMEL)]
+        chunks = [out[start:start + self.chunk] for start in range(0, size, self.chunk)]
         return [(part.numel(), partial(_seeded_randn, _tensor_seed(stream, c), part)) for c, part in enumerate(chunks)]

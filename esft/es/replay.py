@@ -6,9 +6,9 @@ for bit (same noise streams, same fp32 operations in the same order). The `stage
 weights at the first step of each stage, exactly as in training.
 
 `apply_step` is the one function that turns a step's seeds and coefficients into new weights; the live trainer
-calls it too. Each row names its noise definition (`noise`: iid | correlated | lowrank, plus `rank` and
-`freeze_nonmatrix` for lowrank), so `noise_from_row` rebuilds the generator the run used; rows written before
-that field existed are iid.
+calls it too. Each row names its noise definition (`noise`: iid | correlated | lowrank, plus `chunk` for iid
+and `rank` and `freeze_nonmatrix` for lowrank), so `noise_from_row` rebuilds the generator the run used; rows
+written before those fields existed are iid with one stream per tensor.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ Noise = Union[NoiseGenerator, LowRankNoise]
 
 def noise_description(noise: Noise) -> dict[str, Any]:
     """The replay-log fields that name a noise definition."""
-    return noise.describe() if isinstance(noise, LowRankNoise) else {"noise": noise.mode}
+    return noise.describe()
 
 
 def noise_from_row(row: Mapping[str, Any], shapes: Sequence[tuple[int, ...]]) -> Noise:
@@ -37,7 +37,9 @@ def noise_from_row(row: Mapping[str, Any], shapes: Sequence[tuple[int, ...]]) ->
     mode = row.get("noise", "iid")
     if mode == "lowrank":
         return LowRankNoise(shapes, int(row["rank"]), bool(row["freeze_nonmatrix"]))
-    return NoiseGenerator([int(torch.Size(s).numel()) for s in shapes], shapes, mode)
+    chunk = row.get("chunk")  # absent in rows written before chunked streams: one stream per tensor
+    return NoiseGenerator([int(torch.Size(s).numel()) for s in shapes], shapes, mode,
+                          chunk=int(chunk) if chunk is not None else None)
 
 
 @torch.no_grad()
@@ -99,6 +101,9 @@ def apply_logged_step(theta: torch.Tensor, anchor: torch.Tensor, row: Mapping[st
     logged = row.get("noise", "iid")
     if logged != noise.mode:
         raise EsftError(f"replay-log step {row.get('step')} used {logged} noise, the generator given is {noise.mode}")
+    if logged == "iid" and row.get("chunk") != getattr(noise, "chunk", None):
+        raise EsftError(f"replay-log step {row.get('step')} drew iid noise in chunks of {row.get('chunk')}, the "
+                        f"generator given uses {getattr(noise, 'chunk', None)}; let replay rebuild it (noise=None)")
     settings = ESSettings(int(row["population_size"]), float(row["sigma"]), float(row["alpha"]))
     apply_step(theta, anchor, noise, row["seeds"], coefficients, settings, row["awd_kind"], float(row["awd_lambda"]))
 

@@ -111,8 +111,7 @@ def test_large_draws_are_filled_by_several_threads_with_the_serial_values(monkey
 def test_large_tensors_are_drawn_in_chunks_with_streams_of_their_own(monkeypatch):
     import esft.es.noise as noise_module
 
-    monkeypatch.setattr(noise_module, "CHUNK_NUMEL", 100)
-    gen = NoiseGenerator([350, 60])
+    gen = NoiseGenerator([350, 60], chunk=100)
     seed = member_seed(2, 1, 0)
     eps = gen.flat(seed)
     # a tensor within one chunk is one stream, as before chunking existed
@@ -130,3 +129,25 @@ def test_large_tensors_are_drawn_in_chunks_with_streams_of_their_own(monkeypatch
         assert torch.equal(gen.flat(seed), eps), "threads drawing the chunks give the serial values"
     finally:
         torch.set_num_threads(previous)
+
+
+def test_replay_rebuilds_the_chunking_each_row_logged():
+    """Rows record `chunk`; rows from before chunking existed (no field) replay with one stream per tensor."""
+    import pytest
+
+    from esft.errors import EsftError
+    from esft.es.replay import apply_logged_step, noise_from_row, replay
+
+    shapes = [(30, 10), (7,)]
+    chunked = NoiseGenerator([300, 7], shapes, chunk=100)
+    assert chunked.describe() == {"noise": "iid", "chunk": 100}
+    row = {"step": 1, "seeds": [member_seed(0, 1, 0)], "coefficients": [1.0], "population_size": 2,
+           "sigma": 0.1, "alpha": 0.5, "awd_kind": "l2", "awd_lambda": 0.0, "noise": "iid", "chunk": 100}
+    legacy = {k: v for k, v in row.items() if k != "chunk"}
+    assert noise_from_row(legacy, shapes).chunk is None and noise_from_row(row, shapes).chunk == 100
+    theta0 = torch.zeros(307)
+    assert torch.equal(replay(theta0, [row], shapes=shapes)[:300], 0.5 / 2 * chunked.flat(row["seeds"][0])[:300])
+    unchunked = NoiseGenerator([300, 7], shapes, chunk=None).flat(row["seeds"][0])
+    assert torch.equal(replay(theta0, [legacy], shapes=shapes), 0.25 * unchunked)
+    with pytest.raises(EsftError, match="chunks of 100"):
+        apply_logged_step(theta0.clone(), theta0, row, NoiseGenerator([300, 7], shapes, chunk=None))
