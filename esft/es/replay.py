@@ -114,7 +114,7 @@ def replay(theta0: torch.Tensor, rows: Iterable[Mapping[str, Any]], noise: Noise
     noise definition is rebuilt from `shapes` (the trainable parameters' shapes, in FlatParams order)."""
     if noise is None and shapes is None:
         raise ValueError("replay needs the noise generator or the parameter shapes")
-    theta = theta0.clone()
+    theta = theta0.to(torch.float32, copy=True)  # theta0 may be kept in the model's bf16 (FlatParams)
     anchor = theta0
     stage = None
     for row in sorted(rows, key=lambda r: r["step"]):

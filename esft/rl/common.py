@@ -38,7 +38,9 @@ from esft.policy import Policy, _cut_at_stop, tokens_through_stop
 
 
 class Anchor:
-    """fp32 copies of theta0 (drift is measured from it) and of the AWD anchor (theta0, or the stage start).
+    """Copies of theta0 (drift is measured from it) and of the AWD anchor (theta0, or the stage start), each
+    in its parameter's dtype: exact, since they are those weights, and half the memory of fp32 copies for a
+    bf16 model. AWD and the distances compute in fp32.
 
     Parameters are those FlatParams sees (trainable, tied weights once, same order), so `flat()` has the layout
     of the ES trainer's `master` vector and every method's checkpoints hold weights the same way.
@@ -46,12 +48,12 @@ class Anchor:
 
     def __init__(self, model: nn.Module) -> None:
         self.named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        self.theta0 = [p.detach().float().clone() for _, p in self.named]
+        self.theta0 = [p.detach().clone() for _, p in self.named]
         self.anchor = self.theta0
 
     def reset_anchor(self) -> None:
         """Make the current weights the AWD anchor (awd.anchor=stage)."""
-        self.anchor = [p.detach().float().clone() for _, p in self.named]
+        self.anchor = [p.detach().clone() for _, p in self.named]
 
     @torch.no_grad()
     def pull(self, kind: str, strength: float) -> None:

@@ -87,3 +87,26 @@ def test_prefetching_the_next_draw_changes_nothing_but_when_noise_is_made(digit_
         assert results[0][0] == results[1][0]
         assert torch.equal(results[0][1], results[1][1])
     assert len(trainer.population._buffers) == 2, "two alternating buffers when prefetching without a cache"
+
+
+def test_a_bf16_model_keeps_theta0_in_bf16_with_bit_identical_training(digit_task, monkeypatch):
+    """theta0 of a bf16 model is stored in bf16 (exact: those are the initial weights), half the memory of an
+    fp32 copy; AWD, distances and replay promote it, so the run is bit-identical to one with an fp32 theta0."""
+    import torch
+
+    from esft.es.params import FlatParams
+    from tests.conftest import micro_policy
+
+    def run():
+        policy = micro_policy()
+        policy.model.to(torch.bfloat16)
+        return _train(policy, digit_task, 3, awd={"kind": "l1", "lambda": 2.0, "anchor": "start"})
+
+    trainer, rows, metrics = run()
+    assert trainer.params.theta0.dtype == torch.bfloat16
+    assert torch.equal(replay(trainer.params.theta0, rows, trainer.noise), trainer.params.master)
+    monkeypatch.setattr(FlatParams, "_initial_weights", lambda self: self.master.clone())
+    fp32_anchor, _, fp32_metrics = run()
+    assert fp32_anchor.params.theta0.dtype == torch.float32
+    assert torch.equal(trainer.params.master, fp32_anchor.params.master)
+    assert [m["theta_dist"] for m in metrics] == [m["theta_dist"] for m in fp32_metrics]
