@@ -82,7 +82,8 @@ def check_train_args(args: list[str], conf: Path) -> None:
         cause = _first_line(exc.__cause__ or exc)
         unknown = re.search(r"Key '([^']+)' is not in struct", cause)
         if unknown:
-            raise EsftError(f"unknown config key '{unknown.group(1)}' (see `esft train --cfg job` for all keys)") from None
+            key = unknown.group(1)
+            raise EsftError(f"unknown config key '{key}' (see `esft train --cfg job` for all keys)") from None
         raise EsftError(f"bad override: {cause}") from None
     from esft.curriculum import build_eval_tasks, build_stages
     from esft.trainers import validate_method_config

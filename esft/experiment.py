@@ -24,12 +24,22 @@ from esft.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from esft.curriculum import Stage, build_eval_tasks, build_stages
 from esft.diagnostics import build_off_task_kl
 from esft.errors import EsftError
-from esft.faults import fault_point
 from esft.evaluation import Evaluator
+from esft.faults import fault_point
 from esft.policy import Policy
 from esft.progress import RunDisplay
-from esft.rundir import (DIAGNOSTICS_FILE, EVALS_FILE, FINAL_MODEL_DIR, METRICS_FILE, REPLAY_FILE, RUN_INFO_FILE,
-                         RunDir, read_json, repair_jsonl, write_json_atomic)
+from esft.rundir import (
+    DIAGNOSTICS_FILE,
+    EVALS_FILE,
+    FINAL_MODEL_DIR,
+    METRICS_FILE,
+    REPLAY_FILE,
+    RUN_INFO_FILE,
+    RunDir,
+    read_json,
+    repair_jsonl,
+    write_json_atomic,
+)
 from esft.trainers import build_trainer, validate_method_config
 
 log = logging.getLogger("esft")
@@ -95,7 +105,8 @@ class Experiment:
         eval_cfg = self.cfg.get("eval", {})
         self.evaluator = Evaluator(self.policy, self.tasks, self.roles, int(eval_cfg.get("batch_size", 256)),
                                    eval_cfg.get("size"))
-        self.trainer = build_trainer(self.method, self.policy, self.cfg, lambda row: self.writers[REPLAY_FILE].write(row))
+        self.trainer = build_trainer(self.method, self.policy, self.cfg,
+                                     lambda row: self.writers[REPLAY_FILE].write(row))
         self.off_task_kl = build_off_task_kl(self.policy, self.cfg, self.tasks, self.roles, self.trainer)
         self.start_step = self._resume()  # repairs the logs before they are reopened for appending
         self.writers = {name: self.run.writer(name) for name in _LOGS}

@@ -39,7 +39,7 @@ import yaml
 from esft.es.population import StepFitness
 from esft.es.shaping import zscore
 from esft.es.trainer import ESTrainer
-from esft.models.tiny import EOS_ID, PAD_ID, _ARCHITECTURES, build_tokenizer, model_config
+from esft.models.tiny import _ARCHITECTURES, EOS_ID, PAD_ID, build_tokenizer, model_config
 from esft.policy import Policy
 from esft.tasks.arithmetic import Reverse
 from esft.tasks.base import Example, Task

@@ -7,10 +7,9 @@ import json
 import time
 
 import pytest
+from test_train_e2e import esft  # the subprocess runner of the e2e tests
 
 from esft.rundir import read_jsonl
-
-from test_train_e2e import esft  # the subprocess runner of the e2e tests
 
 SHARED_DATA = __import__("pathlib").Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -26,7 +25,8 @@ def test_countdown_two_steps_with_gsm8k_and_arc_evals(tmp_path):
             f"hydra.run.dir={run}"]
     started = time.perf_counter()
     esft(args, tmp_path)
-    print(f"\n2-step countdown run on the tiny model: {time.perf_counter() - started:.1f} s (subprocess, warm-up cached)")
+    seconds = time.perf_counter() - started
+    print(f"\n2-step countdown run on the tiny model: {seconds:.1f} s (subprocess, warm-up cached)")
     assert json.loads((run / "status.json").read_text())["state"] == "done"
     evals = read_jsonl(run / "evals.jsonl")
     assert {e["task"] for e in evals} == {"countdown", "gsm8k", "arc_challenge"}

@@ -16,9 +16,9 @@ from omegaconf import OmegaConf
 from tokenizers import pre_tokenizers
 from transformers import AutoTokenizer
 
+import esft.models.warmup as warmup_module
 from esft.errors import EsftError
 from esft.models.tiny import EOS_ID, PAD_ID, _bytes_to_unicode, build_model, build_tokenizer
-import esft.models.warmup as warmup_module
 from esft.models.warmup import MARKER, WEIGHTS, cache_key, load_or_build_tiny
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "model" / "tiny.yaml"

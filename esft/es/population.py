@@ -20,8 +20,8 @@ Hugging Face's early stop once every sequence has finished).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 import logging
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Union
 

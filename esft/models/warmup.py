@@ -6,7 +6,8 @@ pretraining: it trains the `model.tiny.warmup.mix` of arithmetic tasks with conf
 add_reversed, reverse vs copy), so each ES task starts competent-but-ambiguous, and subtraction cleanly.
 
 Training is plain teacher-forced SFT with the loss on the 3 answer tokens only (the prompt is given, never
-predicted), its softmax taken over the tokens the tasks use rather than all 258 (why: `_alphabet`). Every prompt is 6 tokens and every answer 3, so a batch is one (B, 9) id tensor: no padding, no
+predicted), its softmax taken over the tokens the tasks use rather than all 258 (why: `_alphabet`). Every
+prompt is 6 tokens and every answer 3, so a batch is one (B, 9) id tensor: no padding, no
 masks. Each batch row draws its task from the mix and then a random TRAIN pair, from a generator seeded by
 `warmup.seed`; initialisation uses `model.tiny.init_seed`. AdamW with linear warm-up then cosine decay to 0
 and gradient clipping, the recipe the research probes measured (800 steps, batch 256: about 45 s on 2 cores).
@@ -31,8 +32,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
-from transformers import get_cosine_schedule_with_warmup
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    get_cosine_schedule_with_warmup,
+)
 from transformers.utils import logging as hf_logging
 
 from esft.errors import EsftError

@@ -410,7 +410,8 @@ def group_summary(group: Group, per_run: list[dict[str, Any]], task: str | None 
     }
     return {
         "label": group.label, "key": group.key, "runs": [m["name"] for m in per_run], "n_runs": len(per_run),
-        "states": _count([m["state"] for m in per_run]), "new_task": ",".join(_ordered_union([[m["new_task"] or "-"] for m in per_run])),
+        "states": _count([m["state"] for m in per_run]),
+        "new_task": ",".join(_ordered_union([[m["new_task"] or "-"] for m in per_run])),
         "prior": prior,
         "mean_max_drop": field(lambda m: mean_over_tasks(m, "max_drop")),
         "mean_area": field(lambda m: mean_over_tasks(m, "area")),

@@ -36,7 +36,6 @@ from torch import nn
 from esft.es.trainer import sample_indices
 from esft.policy import Policy
 from esft.rl.common import Anchor, AnchoredTrainerMixin, Rollout, TokenMeter, sample_completions, step_metrics
-from esft.tasks.base import Task
 
 # -- the algorithm as pure functions -------------------------------------------------------------------------
 

@@ -31,8 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from esft.tasks.base import Example
-from esft.tasks.data import (Rows, SplitTask, has_local_split, load_split, read_local_split, require_fields,
-                             verl_fields)
+from esft.tasks.data import Rows, SplitTask, has_local_split, load_split, read_local_split, require_fields, verl_fields
 from esft.tasks.registry import register
 from esft.tasks.safe_math import safe_eval
 

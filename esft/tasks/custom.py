@@ -1,6 +1,7 @@
 """User tasks without Python: a local JSONL file plus a built-in reward kind.
 
-A task spec with a `jsonl` key builds a `JsonlTask` (see the README section "Adding a task without editing esft" and conf/task/example_jsonl.yaml):
+A task spec with a `jsonl` key builds a `JsonlTask` (see the README section "Adding a task without editing
+esft" and conf/task/example_jsonl.yaml):
 
     name: my_qa
     jsonl: data/my_qa.jsonl            # or {train: data/train.jsonl, eval: data/eval.jsonl}

@@ -82,7 +82,8 @@ def test_cache_noise_auto_keeps_draws_only_while_they_fit():
     assert resolve_cache_noise("auto", "inplace", 1, CACHE_NOISE_BUDGET // 4) is True
     assert resolve_cache_noise("auto", "inplace", 2, CACHE_NOISE_BUDGET // 4) is False
     assert resolve_cache_noise("auto", "lowrank", 8, big) is True, "low-rank draws are factors"
-    assert resolve_cache_noise(True, "inplace", 8, big) is True and resolve_cache_noise(False, "inplace", 8, tiny) is False
+    assert resolve_cache_noise(True, "inplace", 8, big) is True
+    assert resolve_cache_noise(False, "inplace", 8, tiny) is False
     with pytest.raises(EsftError, match="true, false or auto"):
         resolve_cache_noise("sometimes", "inplace", 8, tiny)
 

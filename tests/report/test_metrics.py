@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from esft.errors import EsftError
 from esft.report.grouping import differing_keys, flatten, group_runs
 from esft.report.load import load_run, load_runs
