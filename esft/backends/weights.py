@@ -34,7 +34,7 @@ def iter_named_weights(params: FlatParams, base: torch.Tensor, dtype: torch.dtyp
     A generator, one tensor-sized temporary at a time: on a GPU the full vector in the engine dtype would be
     another model-sized allocation beside the engine. The add is the one FlatParams.load_perturbed does."""
     for name, part, shape in zip(params.names, _slices(params), params.shapes):
-        values = base[part] if noise is None else torch.add(base[part], noise[part], alpha=scale)
+        values = base[part] if noise is None else torch.add(base[part], noise[part].to(base.device), alpha=scale)
         yield name, values.view(shape).to(dtype)
 
 

@@ -139,8 +139,11 @@ class InplaceEvaluator:
         self._buffers = [] if cache_noise else [torch.empty(params.numel) for _ in range(1 + self.prefetch)]
 
     def _draw(self, seed: int, slot: int) -> torch.Tensor:
-        eps = self.noise.flat(seed, out=None if self.cache_noise else self._buffers[slot % len(self._buffers)])
-        return eps.to(self.params.device)
+        """A draw on the CPU. Only cached draws (kept for the update, and small enough: es.cache_noise=auto)
+        move to the weights' device whole; the others reach it one tensor at a time (load_perturbed)."""
+        if self.cache_noise:
+            return self.noise.flat(seed).to(self.params.device)
+        return self.noise.flat(seed, out=self._buffers[slot % len(self._buffers)])
 
     def evaluate(self, seeds: Sequence[int], fitness: StepFitness, members: Sequence[int] | None = None,
                  ) -> tuple[list[float], dict[int, torch.Tensor]]:

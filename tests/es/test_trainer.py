@@ -110,3 +110,24 @@ def test_a_bf16_model_keeps_theta0_in_bf16_with_bit_identical_training(digit_tas
     assert fp32_anchor.params.theta0.dtype == torch.float32
     assert torch.equal(trainer.params.master, fp32_anchor.params.master)
     assert [m["theta_dist"] for m in metrics] == [m["theta_dist"] for m in fp32_metrics]
+
+
+def test_noise_held_elsewhere_is_loaded_tensor_by_tensor_with_the_same_sums():
+    """With the weights on a GPU and an uncached draw on the CPU, load_perturbed moves the noise one tensor
+    at a time instead of a whole D-sized copy. Simulated here with the device `cpu:0`, which differs from
+    `cpu` as a device but computes on the same CPU: both model layouts give the fused path's exact sums."""
+    import torch
+
+    from esft.es.noise import NoiseGenerator, member_seed
+    from esft.es.params import FlatParams
+    from tests.conftest import micro_policy
+
+    for dtype in (torch.float32, torch.bfloat16):  # aliased fp32 model, and a per-tensor bf16 copy
+        params = FlatParams(micro_policy().model.to(dtype))
+        eps = NoiseGenerator(params.sizes).flat(member_seed(0, 1, 0))
+        params.load_perturbed(eps, 0.3)
+        fused = [p.detach().clone() for _, p in params.named]
+        params.restore()
+        params.device = torch.device("cpu", 0)
+        params.load_perturbed(eps, 0.3)
+        assert all(torch.equal(p.detach(), q) for (_, p), q in zip(params.named, fused))
