@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
+from transformers.utils import logging as hf_logging
 
 from esft.checkpoint import checkpoint_name, load_checkpoint
 from esft.errors import EsftError
@@ -50,6 +51,7 @@ def replay_run(run_dir: Path, step: int, out: Path) -> str:
     params.master.copy_(theta)
     params.restore()
     params.release_model()
+    hf_logging.disable_progress_bar()  # the command prints one line; a shard bar for one file is noise
     policy.model.save_pretrained(out, safe_serialization=True)
     policy.tokenizer.save_pretrained(out)
     return f"wrote the weights after step {step} to {out}" + _compare_with_checkpoint(run_dir, step, theta)
