@@ -117,12 +117,6 @@ class Countdown(SplitTask):
     name = "countdown"
     paper_eval_size = PAPER_TEST
 
-    def _train_rows(self) -> Sequence[Mapping[str, Any]]:
-        return self._rows("train")
-
-    def _eval_rows(self) -> Sequence[Mapping[str, Any]]:
-        return self._rows("test")
-
     def _rows(self, split: str) -> Rows:
         """The paper's split from local parquet, else from countdown.json / the hub sliced 200 / 2,000."""
         if self.data_dir is not None and has_local_split(self.data_dir, "countdown", split):

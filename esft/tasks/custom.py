@@ -23,7 +23,7 @@ Reward kinds (reward = score, in [0, 1]; there is no format bonus):
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,8 @@ REWARD_KINDS = ("exact", "numeric", "choice")
 
 class JsonlTask(SplitTask):
     """A task read from local JSONL file(s), scored by one of the built-in reward kinds."""
+
+    eval_split = "eval"  # the `jsonl` mapping's keys: train, eval
 
     def __init__(self, data_dir: Any = None, seed: int = 0, *, name: str, jsonl: str | Mapping[str, str],
                  reward_kind: str = "exact", prompt_field: str = "prompt", answer_field: str = "answer",
@@ -75,12 +77,6 @@ class JsonlTask(SplitTask):
         where = " or ".join(str(c) for c in candidates)
         raise EsftError(f"task '{self.name}': jsonl file not found at {where}; fix the path (relative paths "
                         "are tried in the working directory, then under data_dir)")
-
-    def _train_rows(self) -> Sequence[Mapping[str, Any]]:
-        return self._rows("train")
-
-    def _eval_rows(self) -> Sequence[Mapping[str, Any]]:
-        return self._rows("eval")
 
     def _rows(self, split: str) -> Rows:
         """The split's rows with their source line attached, validated against the reward kind."""

@@ -191,13 +191,21 @@ class SplitTask(Task):
     def option_names(cls) -> tuple[str, ...]:
         return ("train_size", "eval_size", "subset_seed", "max_new_tokens", "stop")
 
-    @abstractmethod
+    #: the data splits behind the training and evaluation pools (`_rows` reads them)
+    train_split = "train"
+    eval_split = "test"
+
     def _train_rows(self) -> Sequence[Mapping[str, Any]]:
         """The training pool in the paper's order (may be empty for evaluation-only tasks)."""
+        return self._rows(self.train_split)
 
-    @abstractmethod
     def _eval_rows(self) -> Sequence[Mapping[str, Any]]:
         """The evaluation pool in the paper's order (the subset is drawn from it)."""
+        return self._rows(self.eval_split)
+
+    def _rows(self, split: str) -> Sequence[Mapping[str, Any]]:
+        """The rows of one split (tasks whose two pools come from `train_split` / `eval_split`)."""
+        raise NotImplementedError(f"{type(self).__name__} reads no splits; it overrides _train_rows/_eval_rows")
 
     @abstractmethod
     def _example(self, row: Mapping[str, Any]) -> Example:

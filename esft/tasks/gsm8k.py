@@ -19,7 +19,7 @@ no marker is present; we report the last-number fallback instead and keep it out
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from esft.errors import EsftError
@@ -96,13 +96,8 @@ class GSM8K(SplitTask):
     def option_names(cls) -> tuple[str, ...]:
         return (*super().option_names(), "answer_mode")
 
-    def _train_rows(self) -> Sequence[Mapping[str, Any]]:
-        return self._rows("train", self.train_size)
-
-    def _eval_rows(self) -> Sequence[Mapping[str, Any]]:
-        return self._rows("test", PAPER_TEST)
-
-    def _rows(self, split: str, limit: int) -> Rows:
+    def _rows(self, split: str) -> Rows:
+        limit = self.train_size if split == self.train_split else PAPER_TEST
         rows = load_split(HUB_ID, CONFIG, split, "gsm8k", self.data_dir, limit=limit)
         fields = Rows([verl_fields(row) for row in rows], rows.source)
         require_fields(fields, ("question", "answer"), rows.source, "gsm8k rows need question and answer")

@@ -20,7 +20,7 @@ quadratically over long runs of newlines.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from esft.errors import EsftError
@@ -79,12 +79,6 @@ class ProofWriter(SplitTask):
 
     name = "proofwriter"
     paper_eval_size = PAPER_TEST
-
-    def _train_rows(self) -> Sequence[Mapping[str, Any]]:
-        return self._rows("train")
-
-    def _eval_rows(self) -> Sequence[Mapping[str, Any]]:
-        return self._rows("test")
 
     def _rows(self, split: str) -> Rows:
         """Local parquet split, or the paper's cut of the shuffled hub train split (200 / 1,000)."""
