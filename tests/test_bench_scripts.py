@@ -56,3 +56,20 @@ def test_bench_es_refuses_an_unknown_workload():
     bench = _load("bench_es")
     with pytest.raises(SystemExit):
         bench.main(["--workload", "bogus"])
+
+
+def test_bench_noise_times_chunked_and_unchunked_draws(monkeypatch, capsys):
+    bench = _load("bench_noise")
+    small = ({"architecture": "qwen2", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+              "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 64}, 258)
+    monkeypatch.setattr(bench, "SHAPES", {"small": small})
+    previous = torch.get_num_threads()
+    try:
+        assert bench.main(["--model", "small", "--threads", "2", "--repeats", "1", "--json"]) == 0
+    finally:
+        torch.set_num_threads(previous)
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["numel"] == sum(bench.parameter_sizes("small"))
+    assert set(result["seconds_per_draw"]) == {"chunked, 1 thread", "chunked, 2 threads", "unchunked, 1 thread",
+                                               "unchunked, 2 threads"}
+    assert all(seconds > 0 for seconds in result["seconds_per_draw"].values())

@@ -1,0 +1,86 @@
+#!/usr/bin/env python
+"""Benchmark drawing one full-rank ES noise vector (NoiseGenerator.flat) for a real model's parameter shapes.
+
+torch's CPU normal sampler is serial (~5 ns a number), so one draw of a 1.5B model takes ~7 s on one thread.
+esft fills tensors, and 16M-number chunks of large tensors, on several threads (FlatNoise.fill); this measures
+that against one thread and against the unchunked definition (chunk=None: one stream per tensor, so the
+largest tensor, usually the embedding, is drawn by one thread). The model is built on the meta device: only
+its parameter shapes are used, nothing is allocated but the D-sized output.
+
+    python scripts/bench_noise.py                       # Qwen2-0.5B shapes, 1 thread and all cores
+    python scripts/bench_noise.py --model qwen2.5-1.5b  # a conf/model preset's architecture (needs 6 GB)
+    python scripts/bench_noise.py --json                # last line: one JSON object
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import torch
+
+from esft.es.noise import NoiseGenerator, member_seed
+from esft.models.tiny import _ARCHITECTURES, EOS_ID, PAD_ID, model_config
+
+SHAPES = {  # Hugging Face configs of the models esft's presets name (no download: shapes only)
+    "qwen2-0.5b": ({"architecture": "qwen2", "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
+                    "num_attention_heads": 14, "num_key_value_heads": 2, "max_position_embeddings": 1024}, 151936),
+    "qwen2.5-1.5b": ({"architecture": "qwen2", "hidden_size": 1536, "intermediate_size": 8960,
+                      "num_hidden_layers": 28, "num_attention_heads": 12, "num_key_value_heads": 2,
+                      "max_position_embeddings": 1024}, 151936),
+}
+
+
+def parameter_sizes(name: str) -> list[int]:
+    shape, vocab = SHAPES[name]
+    with torch.device("meta"):
+        model = _ARCHITECTURES[shape["architecture"]][1](model_config(shape, vocab, PAD_ID, EOS_ID))
+    return [p.numel() for p in model.parameters()]
+
+
+def seconds_per_draw(noise: NoiseGenerator, out: torch.Tensor, threads: int, repeats: int) -> float:
+    torch.set_num_threads(threads)
+    noise.flat(member_seed(0, 0, 0), out=out)  # warm-up: thread pool, page faults of `out`
+    best = float("inf")
+    for repeat in range(repeats):
+        began = time.perf_counter()
+        noise.flat(member_seed(0, 1, repeat), out=out)
+        best = min(best, time.perf_counter() - began)
+    return best
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="qwen2-0.5b", choices=sorted(SHAPES))
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="the multi-threaded run's threads")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    args = parser.parse_args(argv)
+    sizes = parameter_sizes(args.model)
+    out = torch.empty(sum(sizes))
+    rows = {}
+    for label, chunk in (("chunked", NoiseGenerator(sizes).chunk), ("unchunked", None)):
+        noise = NoiseGenerator(sizes, chunk=chunk)
+        for threads in sorted({1, args.threads}):
+            rows[f"{label}, {threads} thread{'s' if threads > 1 else ''}"] = seconds_per_draw(
+                noise, out, threads, args.repeats)
+    print(f"{args.model}: D = {sum(sizes):,} numbers in {len(sizes)} tensors (largest {max(sizes):,}); "
+          f"best of {args.repeats}, {os.cpu_count()} cores")
+    for label, seconds in rows.items():
+        print(f"  {label:24s} {seconds:6.2f} s per draw  ({seconds / sum(sizes) * 1e9:.2f} ns a number)")
+    # however many threads: a draw takes at least as long as its longest single stream
+    per_number = rows["chunked, 1 thread"] / sum(sizes)
+    chunk = NoiseGenerator(sizes).chunk
+    floors = {"chunked": min(max(sizes), chunk) * per_number, "unchunked": max(sizes) * per_number}
+    print(f"  floor with unlimited threads: chunked {floors['chunked']:.3f} s, unchunked {floors['unchunked']:.3f} s "
+          "(the longest single stream)")
+    if args.json:
+        print(json.dumps({"model": args.model, "numel": sum(sizes), "seconds_per_draw": rows,
+                          "floor_seconds": floors}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
