@@ -55,10 +55,13 @@ def apply_step(theta: torch.Tensor, anchor: torch.Tensor, noise: Noise, seeds: S
                                   settings.alpha / settings.population_size, awd_kind, strength, draws)
     squared = 0.0
     for first, last, part in _tensor_blocks(noise.sizes):
-        if cache:
-            noise_of = lambda d: cache[d][part]  # noqa: E731
-        else:
-            noise_of = lambda d: _block_noise(noise, seeds[d], first, last).to(theta.device)  # noqa: E731
+        def noise_of(draw: int, first: int = first, last: int = last, part: slice = part) -> torch.Tensor:
+            """The block of draw `draw`: a slice of the cached flat eps, else regenerated for this block only
+            (membership, not indexing: a torchrun rank's cache holds only the draws that rank evaluated)."""
+            if cache is not None and draw in cache:
+                return cache[draw][part]
+            return _block_noise(noise, seeds[draw], first, last).to(theta.device)
+
         direction = accumulate_update(coefficients, noise_of, part.stop - part.start, theta.device)
         block = theta[part]
         before = block.clone()

@@ -24,10 +24,9 @@ from esft.policy import Policy
 
 
 class RegeneratingCache(dict):
-    """The step's noise cache: the draws this rank evaluated, and any other draw regenerated on first use.
-
-    `apply_step` reads `cache[d]` for every draw d when the cache is non-empty; regenerating a missing draw
-    here (instead of storing all of them) keeps memory at one extra draw, as with es.cache_noise=false."""
+    """The step's noise cache: the draws this rank evaluated. `apply_step` regenerates the other full-rank
+    draws one update block at a time (it asks `d in cache` first), which keeps memory at one block, as with
+    es.cache_noise=false; low-rank factors (small) are regenerated here on first use."""
 
     def __init__(self, cached: Mapping[int, Any], noise: Any, seeds: Sequence[int], params: FlatParams) -> None:
         super().__init__(cached)

@@ -66,6 +66,9 @@ def test_the_update_built_block_by_block_equals_the_whole_vector_update(monkeypa
     norm = replay.apply_step(cached, theta0, gen, seeds, coefficients, settings, "l2", 2.0, cache)
     replay.apply_step(regenerated, theta0, gen, seeds, coefficients, settings, "l2", 2.0)
     assert torch.equal(cached, regenerated)
+    partial = theta.clone()  # a torchrun rank's cache: its own draws only; the others regenerated per block
+    replay.apply_step(partial, theta0, gen, seeds, coefficients, settings, "l2", 2.0, {1: cache[1]})
+    assert torch.equal(partial, cached)
     torch.testing.assert_close(cached, expected, rtol=1e-6, atol=1e-6)
     assert abs(norm - float(torch.linalg.vector_norm(cached - theta))) < 1e-5
 
