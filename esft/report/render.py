@@ -21,8 +21,11 @@ from esft.report.tables import TableData, all_tables, gem_table
 
 RUN_FIELDS = ("new_task_gain", "acc", "bwt", "theta_final", "theta_pred", "theta_ratio", "theta_ratio_free",
               *COMPUTE_FIELDS, *(f"new_stage_{n}" for n in COMPUTE_FIELDS))
+#: group rows only, when the report compares groups at equal cost (summary["equal_budget"])
+BUDGET_FIELDS = ("budget_steps_in_stage", "budget_new_task_gain", "budget_max_drop", "budget_final_drop")
 CSV_HEADER = ["level", "group", "run", "state", "seed", "new_task", "prior_task", "n",
-              *(x for f in DRIFT_FIELDS for x in (f, f"{f}_std")), *(x for f in RUN_FIELDS for x in (f, f"{f}_std"))]
+              *(x for f in DRIFT_FIELDS for x in (f, f"{f}_std")), *(x for f in RUN_FIELDS for x in (f, f"{f}_std")),
+              "budget_measure", "budget", *(x for f in BUDGET_FIELDS for x in (f, f"{f}_std"))]
 DEFINITIONS = [
     "**new stage**: the curriculum's last stage; its task is the new task, every other task "
     "(earlier curriculum tasks and eval-only tasks) is a prior task.",
@@ -50,6 +53,20 @@ def _run_values(run: dict[str, Any]) -> dict[str, Any]:
             **{f"new_stage_{k}": v for k, v in run["compute_new_stage"].items()}}
 
 
+def _budget_values(budget: dict[str, Any] | None, label: str, task: str | None) -> dict[str, Any]:
+    """The equal-cost columns of one group row (mean and std over its seeds), empty without that view."""
+    group = next((g for g in (budget or {}).get("groups", []) if g["label"] == label), None)
+    if group is None:
+        return {}
+    drift = group["prior"].get(task, {}) if task else {}
+    values = {"budget_measure": budget["measure"], "budget": budget["budget"]}
+    for name, agg in (("budget_steps_in_stage", group["steps_in_stage"]),
+                      ("budget_new_task_gain", group["new_task_gain"]),
+                      ("budget_max_drop", drift.get("max_drop")), ("budget_final_drop", drift.get("final_drop"))):
+        values[name], values[f"{name}_std"] = (agg or {}).get("mean"), (agg or {}).get("std")
+    return values
+
+
 def csv_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for g in summary["groups"]:
@@ -59,7 +76,7 @@ def csv_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
             agg = g.get(f) or {}
             base[f], base[f"{f}_std"] = agg.get("mean"), agg.get("std")
         for task in g["prior"] or [None]:
-            row = dict(base, prior_task=task)
+            row = dict(base, prior_task=task, **_budget_values(summary.get("equal_budget"), g["label"], task))
             for f in DRIFT_FIELDS if task else ():
                 row[f], row[f"{f}_std"] = g["prior"][task][f]["mean"], g["prior"][task][f]["std"]
             rows.append(row)

@@ -78,6 +78,10 @@ def test_csv_has_group_and_run_rows(rendered) -> None:
     group_add = [r for r in rows if r["level"] == "group" and r["prior_task"] == "add"]
     assert [r["group"] for r in group_add] == ["awd.lambda=0", "awd.lambda=1"]
     assert float(group_add[0]["max_drop"]) == pytest.approx(0.6)
+    # the equal-cost view: both groups read after 4 new-stage steps (the running job's 4000 tokens)
+    assert group_add[0]["budget_measure"] == "compute_tokens" and float(group_add[0]["budget"]) == 4000
+    assert float(group_add[0]["budget_steps_in_stage"]) == 4
+    assert float(group_add[0]["budget_max_drop"]) == pytest.approx(0.6)
     run_rows = [r for r in rows if r["level"] == "run"]
     assert {r["prior_task"] for r in run_rows} == {"add", "subtract"} and len(run_rows) == 4
     assert float(run_rows[0]["acc"]) == pytest.approx(0.75)
