@@ -2,7 +2,8 @@
 
 - `inplace` is the papers' loop made exact and cheap: members are evaluated one at a time by loading
   master + s * sigma * eps into the model (never by adding and subtracting noise in the model's precision),
-  each antithetic pair shares one noise draw, and the draws are kept for the update instead of regenerated.
+  each antithetic pair shares one noise draw, and the draws are kept for the update instead of regenerated
+  while they fit (es.cache_noise, resolve_cache_noise).
 - `lowrank` is EGGROLL's batched evaluation (esft/es/lowrank.py): every member's copy of the prompts is stacked
   into one batch and each layer adds its member's rank-r correction, so the base weights are read once per
   forward for the whole population. Its noise is low-rank (LowRankNoise), and so are its update and replay.
