@@ -36,7 +36,9 @@ def layer_of(name: str) -> str:
 class FlatParams:
     """All trainable parameters of a model as one fp32 vector, plus the anchor theta0."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, share_master: bool = False) -> None:
+        """`share_master`: an fp32 model computes straight from `master` (no working copy), for evaluators
+        that never write the weights (lowrank: the perturbation lives in forward hooks)."""
         self.model = model
         self.named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # tied weights once
         self.names = [n for n, _ in self.named]
@@ -45,14 +47,26 @@ class FlatParams:
         self.numel = sum(self.sizes)
         first = self.named[0][1]
         self.device = first.device
-        with torch.no_grad():
-            self.master = torch.cat([p.detach().reshape(-1).float() for _, p in self.named]).to(self.device)
-            self.theta0 = self._initial_weights()
         self.on_load: list[LoadCallback] = []  # told of every vector written into the model (see module doc)
         self._aliased = all(p.dtype == torch.float32 and p.device == self.device for _, p in self.named)
-        self.work = self.master.clone() if self._aliased else None
-        if self._aliased:
-            self._alias_model_to_work()
+        with torch.no_grad():
+            if self._aliased:
+                self.work = self._gather_model()
+                self.master = self.work if share_master else self.work.clone()
+            else:
+                self.work = None
+                self.master = torch.cat([p.detach().reshape(-1).float() for _, p in self.named]).to(self.device)
+            self.theta0 = self._initial_weights()
+
+    def _gather_model(self) -> torch.Tensor:
+        """Move an fp32 model's tensors into one flat buffer, one tensor at a time, the model then viewing
+        it: each original tensor is released as soon as it is copied, so building the buffer costs one
+        tensor of extra memory at most, not a second model."""
+        buffer = torch.empty(self.numel, device=self.device)
+        for (_, param), (_, part), shape in zip(self.named, self.slices(), self.shapes):
+            buffer[part].copy_(param.detach().reshape(-1))
+            param.data = buffer[part].view(shape)
+        return buffer
 
     def _initial_weights(self) -> torch.Tensor:
         """theta0, in the model's own dtype when all parameters share one: the initial weights ARE those bf16
@@ -63,11 +77,9 @@ class FlatParams:
             return self.master.clone()
         return torch.cat([p.detach().reshape(-1) for _, p in self.named]).to(self.device)
 
-    def _alias_model_to_work(self) -> None:
-        offset = 0
-        for (_, param), size, shape in zip(self.named, self.sizes, self.shapes):
-            param.data = self.work[offset:offset + size].view(shape)
-            offset += size
+    def _alias_model_to(self, buffer: torch.Tensor) -> None:
+        for (_, param), (_, part), shape in zip(self.named, self.slices(), self.shapes):
+            param.data = buffer[part].view(shape)
 
     def slices(self):
         offset = 0
@@ -77,8 +89,15 @@ class FlatParams:
 
     @torch.no_grad()
     def load(self, vector: torch.Tensor) -> None:
-        """Make the model compute with `vector` (cast to the model's dtype per tensor when not fp32)."""
-        if self._aliased:
+        """Make the model compute with `vector` (cast to the model's dtype per tensor when not fp32).
+
+        A model that computes from `master` itself (share_master) is pointed at `vector` instead of having
+        it written in: writing theta0 there for the off-task KL would overwrite the weights being trained."""
+        if self._aliased and self.work is self.master:
+            if vector.dtype != torch.float32 or vector.device != self.device:
+                vector = vector.to(self.device, torch.float32)
+            self._alias_model_to(vector)
+        elif self._aliased:
             self.work.copy_(vector)
         else:
             for (_, param), (_, part) in zip(self.named, self.slices()):

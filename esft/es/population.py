@@ -211,8 +211,7 @@ class LowRankEvaluator:
         self.params, self.noise, self.settings = params, noise, settings
         self.cache_noise = cache_noise
         self.member_chunk = member_chunk
-        self.parameters = [p for _, p in params.named]
-        _share_master(params)
+        self.parameters = [p for _, p in params.named]  # FlatParams(share_master=True) saves the working copy
 
     def evaluate(self, seeds: Sequence[int], fitness: StepFitness, members: Sequence[int] | None = None,
                  ) -> tuple[list[float], dict[int, Any]]:
@@ -227,14 +226,6 @@ class LowRankEvaluator:
             with perturb_members(self.params.model, self.parameters, self.noise, draws, chunk, self.settings.sigma):
                 rewards.extend(float(r) for r in fitness.batched(len(chunk)))
         return rewards, (dict(enumerate(draws)) if self.cache_noise else {})
-
-
-def _share_master(params: FlatParams) -> None:
-    """Point an fp32 model straight at the master vector: the lowrank forward never writes the weights (the
-    perturbation lives in the hooks), so FlatParams' separate working copy would only cost D floats more."""
-    if params._aliased and params.work is not params.master:
-        params.work = params.master
-        params._alias_model_to_work()
 
 
 EVALUATORS = {"inplace": InplaceEvaluator, "lowrank": LowRankEvaluator}

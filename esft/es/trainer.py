@@ -46,10 +46,10 @@ class ESTrainer:
         self.awd_anchor = str(awd_cfg.get("anchor", "start"))
         validate_awd(self.awd_kind, self.awd_lambda, self.settings.alpha, self.awd_anchor)
         self.policy = policy
-        self.params = FlatParams(policy.model)
+        evaluator = str(es_cfg.get("evaluator", "inplace"))
+        self.params = FlatParams(policy.model, share_master=evaluator == "lowrank")
         policy.watch(self.params)  # policy.backend=vllm: the engine follows every load/perturb/restore
         self.noise = build_noise(es_cfg, self.params)  # low-rank for es.evaluator=lowrank, else es.noise
-        evaluator = str(es_cfg.get("evaluator", "inplace"))
         self.cache_noise = resolve_cache_noise(es_cfg.get("cache_noise", "auto"), evaluator,
                                                self.settings.num_draws, self.params.numel)
         self.population = build_evaluator(evaluator, self.params, self.noise, self.settings, self.cache_noise)

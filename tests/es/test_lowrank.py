@@ -116,7 +116,7 @@ def test_update_from_factors_matches_dense_and_antithetic_pairs_cancel():
 
 def test_lowrank_evaluator_shares_master_and_scores_members_like_dense(digit_task):
     policy = micro_policy(3)
-    params = FlatParams(policy.model)
+    params = FlatParams(policy.model, share_master=True)
     settings = ESSettings(4, SIGMA, 0.1, antithetic=True)
     noise = build_noise({"evaluator": "lowrank", "rank": 1}, params)
     evaluator = LowRankEvaluator(params, noise, settings)

@@ -131,3 +131,41 @@ def test_noise_held_elsewhere_is_loaded_tensor_by_tensor_with_the_same_sums():
         params.device = torch.device("cpu", 0)
         params.load_perturbed(eps, 0.3)
         assert all(torch.equal(p.detach(), q) for (_, p), q in zip(params.named, fused))
+
+
+def test_reference_weights_never_overwrite_the_trained_weights(digit_task):
+    """The off-task KL loads theta0 for a moment (`reference_weights`). With lowrank the fp32 model computes
+    straight from `master`; loading theta0 used to be written into it, silently resetting training to theta0
+    at every KL checkpoint. Both evaluators: theta0 inside the block, the trained weights after it."""
+    import torch
+
+    from tests.conftest import micro_policy
+
+    for evaluator in ("inplace", "lowrank"):
+        es = {**ES, "evaluator": evaluator, "rank": 1, "freeze_nonmatrix": False}
+        trainer, _, _ = _train(micro_policy(), digit_task, 3, es=es)
+        trained = trainer.params.master.clone()
+        assert not torch.equal(trained, trainer.params.theta0)
+        model_weights = lambda: torch.cat([p.detach().reshape(-1) for _, p in trainer.params.named])  # noqa: E731
+        with trainer.reference_weights():
+            assert torch.equal(model_weights(), trainer.params.theta0), evaluator
+        assert torch.equal(trainer.params.master, trained), evaluator
+        assert torch.equal(model_weights(), trained), evaluator
+        assert (trainer.params.work is trainer.params.master) == (evaluator == "lowrank")
+
+
+def test_gathering_an_fp32_model_into_the_flat_buffer_keeps_its_values_and_ties():
+    import torch
+
+    from esft.es.params import FlatParams
+    from tests.conftest import micro_policy
+
+    model = micro_policy().model
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    params = FlatParams(model, share_master=True)
+    assert all(torch.equal(p.detach(), before[name]) for name, p in model.named_parameters())
+    embedding = model.get_input_embeddings().weight
+    assert embedding.untyped_storage().data_ptr() == params.master.untyped_storage().data_ptr()
+    if model.config.tie_word_embeddings:
+        assert model.get_output_embeddings().weight is embedding
+    assert torch.equal(params.theta0, params.master) and params.theta0.data_ptr() != params.master.data_ptr()
