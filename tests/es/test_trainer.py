@@ -169,3 +169,7 @@ def test_gathering_an_fp32_model_into_the_flat_buffer_keeps_its_values_and_ties(
     if model.config.tie_word_embeddings:
         assert model.get_output_embeddings().weight is embedding
     assert torch.equal(params.theta0, params.master) and params.theta0.data_ptr() != params.master.data_ptr()
+    import pytest
+
+    with pytest.raises(RuntimeError, match="overwrite master"):  # the inplace path needs its working copy
+        params.load_perturbed(torch.zeros(params.numel), 1.0)
