@@ -214,20 +214,27 @@ class Policy:
     def exact_match(self, prompts: Sequence[str | Prompt], answers: Sequence[str], max_new_tokens: int,
                     batch_size: int = 256) -> torch.Tensor:
         """Bool per prompt: would greedy decoding (max_new_tokens) produce exactly `answer`? One forward."""
-        eos = self.tokenizer.eos_token_id
         results = []
         for start in range(0, len(prompts), batch_size):
             rows, targets = [], []
             for prompt, answer in zip(prompts[start:start + batch_size], answers[start:start + batch_size]):
-                target = self._encode(answer)
-                if len(target) > max_new_tokens:
-                    target = []  # cannot be produced within the budget: scored wrong below
-                elif len(target) < max_new_tokens and eos is not None:
-                    target = target + [eos]  # greedy must also stop right there
-                rows.append(self._encode_prompt(prompt, reserve=len(target)) + target)
+                row, target = self.exact_match_row(prompt, answer, max_new_tokens)
+                rows.append(row)
                 targets.append(target)
             results.append(self._teacher_forced_match(rows, targets))
         return torch.cat(results) if results else torch.zeros(0, dtype=torch.bool)
+
+    def exact_match_row(self, prompt: str | Prompt, answer: str, max_new_tokens: int) -> tuple[list[int], list[int]]:
+        """(prompt + target ids, target ids) of one teacher-forced exact-match check. The target is the
+        answer, plus EOS when the budget allows more tokens (greedy must stop right there); empty when the
+        answer cannot be produced within the budget (scored wrong)."""
+        target = self._encode(answer)
+        eos = self.tokenizer.eos_token_id
+        if len(target) > max_new_tokens:
+            target = []
+        elif len(target) < max_new_tokens and eos is not None:
+            target = target + [eos]
+        return self._encode_prompt(prompt, reserve=len(target)) + target, target
 
     def _teacher_forced_match(self, rows: list[list[int]], targets: list[list[int]]) -> torch.Tensor:
         ids, mask = self._left_pad(rows)

@@ -44,21 +44,16 @@ log = logging.getLogger("esft")
 class _PreparedExactMatch:
     """Policy.exact_match with the step's rows encoded once; `matches(n)` scores n stacked copies at once.
 
-    It mirrors Policy.exact_match (same encoding helpers, same targets, same forward) and is checked equal to
-    it and to real generation in tests/test_exact_match.py; the per-row Python loop is vectorised because the
+    Its rows are Policy.exact_match_row's, so it scores what Policy.exact_match scores (checked equal to it and
+    to real generation in tests/test_exact_match.py); the per-row Python loop is vectorised because the
     stacked batch has N x M rows.
     """
 
     def __init__(self, policy: Policy, task: Task, examples: Sequence[Example]) -> None:
-        eos, budget = policy.tokenizer.eos_token_id, task.max_new_tokens
         rows, lengths = [], []
         for example in examples:
-            target = policy._encode(example.answer)
-            if len(target) > budget:
-                target = []  # cannot be produced within the budget: scored wrong
-            elif len(target) < budget and eos is not None:
-                target = target + [eos]  # greedy must also stop right there
-            rows.append(policy._encode_prompt(task.prompt(example)) + target)
+            row, target = policy.exact_match_row(task.prompt(example), example.answer, task.max_new_tokens)
+            rows.append(row)
             lengths.append(len(target))
         self.policy = policy
         self.ids, self.mask = policy._left_pad(rows)
