@@ -20,7 +20,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from esft.errors import EsftError
-from esft.es.sharded import RegeneratingCache, ShardedPopulation
+from esft.es.sharded import ShardedPopulation
 from esft.es.strategy import ESSettings
 from esft.rundir import read_jsonl
 
@@ -109,11 +109,18 @@ def test_draws_are_owned_round_robin_with_pairs_together():
     assert [sharded.owner(m) for m in range(5)] == [0, 1, 0, 1, 0]
 
 
-def test_regenerating_cache_matches_cached_noise():
+def test_a_ranks_partial_noise_cache_updates_like_a_full_one():
+    """A rank keeps only the draws it evaluated; apply_step regenerates the others, bit for bit."""
+    from esft.es.lowrank import LowRankNoise
     from esft.es.noise import NoiseGenerator
+    from esft.es.replay import apply_step
 
-    noise = NoiseGenerator([6, 4], [(2, 3), (4,)], "iid")
-    params = type("P", (), {"device": torch.device("cpu")})()
-    cache = RegeneratingCache({0: noise.flat(11)}, noise, [11, 12], params)
-    assert torch.equal(cache[1], noise.flat(12)) and torch.equal(cache[0], noise.flat(11))
-    assert bool(RegeneratingCache({}, noise, [11], params))  # apply_step takes the cache path on every rank
+    settings, seeds, coefficients = ESSettings(4, 0.1, 0.1), [11, 12], [0.5, -1.5]
+    for noise in (NoiseGenerator([6, 4], [(2, 3), (4,)], "iid"), LowRankNoise([(2, 3), (4,)], 1, False)):
+        keep = noise.flat if isinstance(noise, NoiseGenerator) else noise.draw
+        full, partial, none = (torch.zeros(10) for _ in range(3))
+        apply_step(full, torch.zeros(10), noise, seeds, coefficients, settings, "l2", 1.0,
+                   {0: keep(11), 1: keep(12)})
+        apply_step(partial, torch.zeros(10), noise, seeds, coefficients, settings, "l2", 1.0, {1: keep(12)})
+        apply_step(none, torch.zeros(10), noise, seeds, coefficients, settings, "l2", 1.0)
+        assert torch.equal(partial, full) and torch.equal(none, full) and full.abs().sum() > 0

@@ -111,7 +111,7 @@ class FlatParams:
 
         `noise` may live on the CPU while the weights are on a GPU: it then travels one tensor at a time, so a
         draw never needs D more floats of GPU memory (a 7B model: 28 GB). The sums are the same either way."""
-        if self.work is self.master and self.work is not None:
+        if self.work is self.master:
             raise RuntimeError("load_perturbed would overwrite master: build FlatParams with share_master=False")
         if self._aliased and noise.device == self.device:
             torch.add(self.master, noise, alpha=scale, out=self.work)

@@ -27,11 +27,6 @@ from esft.es.strategy import ESSettings, accumulate_update, apply_update
 Noise = Union[NoiseGenerator, LowRankNoise]
 
 
-def noise_description(noise: Noise) -> dict[str, Any]:
-    """The replay-log fields that name a noise definition."""
-    return noise.describe()
-
-
 def noise_from_row(row: Mapping[str, Any], shapes: Sequence[tuple[int, ...]]) -> Noise:
     """The noise generator a logged step was drawn from, for parameters of the given shapes."""
     mode = row.get("noise", "iid")
@@ -47,19 +42,20 @@ def apply_step(theta: torch.Tensor, anchor: torch.Tensor, noise: Noise, seeds: S
                coefficients: Sequence[float], settings: ESSettings, awd_kind: str, awd_lambda: float,
                cache: Mapping[int, Any] | None = None) -> float:
     """theta += alpha/N sum_k c_k eps_k, then the AWD pull; returns |theta_new - theta_old|. `cache` holds the
-    step's noise (flat eps, or low-rank factors) when the evaluator kept it; it equals the regenerated noise."""
+    noise (flat eps, or low-rank factors) of the draws the evaluator kept: all of them, none, or a torchrun
+    rank's own; the others are regenerated, which gives the same numbers."""
     strength = settings.alpha * awd_lambda
+    cached = cache or {}
     if isinstance(noise, LowRankNoise):
-        draws = [cache[d] for d in range(len(seeds))] if cache else None
+        draws = [cached[d] if d in cached else noise.draw(seed) for d, seed in enumerate(seeds)]
         return apply_lowrank_step(theta, anchor, noise, seeds, coefficients,
                                   settings.alpha / settings.population_size, awd_kind, strength, draws)
     squared = 0.0
     for first, last, part in _tensor_blocks(noise.sizes):
         def noise_of(draw: int, first: int = first, last: int = last, part: slice = part) -> torch.Tensor:
-            """The block of draw `draw`: a slice of the cached flat eps, else regenerated for this block only
-            (membership, not indexing: a torchrun rank's cache holds only the draws that rank evaluated)."""
-            if cache is not None and draw in cache:
-                return cache[draw][part]
+            """The block of draw `draw`: a slice of the kept flat eps, else regenerated for this block only."""
+            if draw in cached:
+                return cached[draw][part]
             return _block_noise(noise, seeds[draw], first, last).to(theta.device)
 
         direction = accumulate_update(coefficients, noise_of, part.stop - part.start, theta.device)
@@ -104,9 +100,9 @@ def apply_logged_step(theta: torch.Tensor, anchor: torch.Tensor, row: Mapping[st
     logged = row.get("noise", "iid")
     if logged != noise.mode:
         raise EsftError(f"replay-log step {row.get('step')} used {logged} noise, the generator given is {noise.mode}")
-    if logged == "iid" and row.get("chunk") != getattr(noise, "chunk", None):
+    if logged == "iid" and row.get("chunk") != noise.chunk:
         raise EsftError(f"replay-log step {row.get('step')} drew iid noise in chunks of {row.get('chunk')}, the "
-                        f"generator given uses {getattr(noise, 'chunk', None)}; let replay rebuild it (noise=None)")
+                        f"generator given uses {noise.chunk}; let replay rebuild it (noise=None)")
     settings = ESSettings(int(row["population_size"]), float(row["sigma"]), float(row["alpha"]))
     apply_step(theta, anchor, noise, row["seeds"], coefficients, settings, row["awd_kind"], float(row["awd_lambda"]))
 

@@ -3,8 +3,8 @@
 Noise draw k (both members of an antithetic pair) belongs to rank k % world, so each rank generates only its
 own draws' noise and evaluates only their members with the ordinary evaluator (inplace or lowrank). The
 per-member rewards are then all-gathered, so every rank holds all N rewards in member order and `tell` shapes
-exactly what a single process would. The update needs every draw's noise: a rank uses the draws it cached and
-regenerates the others from their seeds (counter-based streams, DESIGN.md section 5), which is bit-identical
+exactly what a single process would. The update needs every draw's noise: apply_step uses the draws this rank
+cached and regenerates the others from their seeds (counter-based streams, DESIGN.md section 5), which is bit-identical
 to the cached noise, so every rank applies the same update as a single process, bit for bit.
 
 Each rank also adds the other ranks' forward/generated token counts to its policy's counters, so the metrics
@@ -14,31 +14,13 @@ rows (written by rank 0) count the whole population's compute, as in a single-pr
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from esft import distributed
 from esft.es.params import FlatParams
 from esft.es.strategy import ESSettings
 from esft.policy import Policy
-
-
-class RegeneratingCache(dict):
-    """The step's noise cache: the draws this rank evaluated. `apply_step` regenerates the other full-rank
-    draws one update block at a time (it asks `d in cache` first), which keeps memory at one block, as with
-    es.cache_noise=false; low-rank factors (small) are regenerated here on first use."""
-
-    def __init__(self, cached: Mapping[int, Any], noise: Any, seeds: Sequence[int], params: FlatParams) -> None:
-        super().__init__(cached)
-        self.noise, self.seeds, self.params = noise, list(seeds), params
-
-    def __missing__(self, draw: int) -> Any:
-        if hasattr(self.noise, "flat"):  # full-rank noise: the flat eps on the weights' device
-            return self.noise.flat(self.seeds[draw]).to(self.params.device)
-        return self.noise.draw(self.seeds[draw])  # low-rank factors
-
-    def __bool__(self) -> bool:  # never "empty": apply_step must take the cache path on every rank alike
-        return True
 
 
 class ShardedPopulation:
@@ -75,7 +57,7 @@ class ShardedPopulation:
         owners_all = owners + [r for r in range(self.world) for _ in range(2)]
         gathered = distributed.gather_owned(slots, owners_all)
         self._add_counts(gathered[population:], counts)
-        return gathered[:population], RegeneratingCache(cached, self.noise, seeds, self.params)
+        return gathered[:population], cached  # apply_step regenerates the draws other ranks evaluated
 
     def _add_counts(self, per_rank: list[float], own: list[int]) -> None:
         """Make this rank's counters count the whole population (the metrics rows report per-step totals)."""

@@ -18,7 +18,7 @@ import torch
 from esft.es.awd import validate_awd
 from esft.es.params import FlatParams
 from esft.es.population import StepFitness, build_evaluator, build_noise, resolve_cache_noise
-from esft.es.replay import apply_step, noise_description
+from esft.es.replay import apply_step
 from esft.es.strategy import ESSettings, ask, tell
 from esft.policy import Policy
 from esft.rl.common import peak_memory, reset_peak_memory
@@ -95,7 +95,7 @@ class ESTrainer:
         return {"step": step, "stage": self.stage, "task": self.task.name, "seeds": seeds,
                 "coefficients": coefficients, "population_size": s.population_size, "sigma": s.sigma,
                 "alpha": s.alpha, "antithetic": s.antithetic, "awd_kind": self.awd_kind,
-                "awd_lambda": self.awd_lambda, "awd_anchor": self.awd_anchor, **noise_description(self.noise)}
+                "awd_lambda": self.awd_lambda, "awd_anchor": self.awd_anchor, **self.noise.describe()}
 
     def _metrics(self, step: int, told, update_norm: float, started: float, counts_before: tuple[int, int],
                  prompts: int) -> dict[str, Any]:
