@@ -7,8 +7,8 @@ that against one thread and against the unchunked definition (chunk=None: one st
 largest tensor, usually the embedding, is drawn by one thread). The model is built on the meta device: only
 its parameter shapes are used, nothing is allocated but the D-sized output.
 
-    python scripts/bench_noise.py                       # Qwen2-0.5B shapes, 1 thread and all cores
-    python scripts/bench_noise.py --model qwen2.5-1.5b  # a conf/model preset's architecture (needs 6 GB)
+    python scripts/bench_noise.py                       # bench_es.py gpu05b shapes (Qwen2-0.5B); 1 thread, all cores
+    python scripts/bench_noise.py --model qwen2.5-1.5b  # the qwen2.5-1.5b preset's architecture (needs 6 GB)
     python scripts/bench_noise.py --json                # last line: one JSON object
 """
 
@@ -20,13 +20,13 @@ import os
 import time
 
 import torch
+from bench_es import WORKLOADS  # scripts/ is on the path when a script in it runs
 
 from esft.es.noise import NoiseGenerator, member_seed
 from esft.models.tiny import _ARCHITECTURES, EOS_ID, PAD_ID, model_config
 
-SHAPES = {  # Hugging Face configs of the models esft's presets name (no download: shapes only)
-    "qwen2-0.5b": ({"architecture": "qwen2", "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
-                    "num_attention_heads": 14, "num_key_value_heads": 2, "max_position_embeddings": 1024}, 151936),
+SHAPES = {  # (shape, vocabulary) of the models: no download, shapes only
+    "qwen2-0.5b": (WORKLOADS["gpu05b"].shape, WORKLOADS["gpu05b"].vocab),  # the benchmark's GPU workload
     "qwen2.5-1.5b": ({"architecture": "qwen2", "hidden_size": 1536, "intermediate_size": 8960,
                       "num_hidden_layers": 28, "num_attention_heads": 12, "num_key_value_heads": 2,
                       "max_position_embeddings": 1024}, 151936),

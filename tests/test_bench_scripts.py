@@ -59,6 +59,7 @@ def test_bench_es_refuses_an_unknown_workload():
 
 
 def test_bench_noise_times_chunked_and_unchunked_draws(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(SCRIPTS))  # as when the script runs: it imports bench_es beside it
     bench = _load("bench_noise")
     small = ({"architecture": "qwen2", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
               "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 64}, 258)
