@@ -91,7 +91,6 @@ class LowRankNoise(FlatNoise):
         eps = _materialise(self.factor(seed, index), self.sizes[index], self.rank)
         return eps if out is None else out.copy_(eps)
 
-
     def row_blocks(self, index: int) -> Iterator[slice]:
         """Row ranges of tensor `index` whose update fits in one block (a single range for non-matrices)."""
         if not self.matrix[index]:

@@ -94,11 +94,9 @@ def budget_table(summary: dict[str, Any]) -> TableData | None:
                "max drop", "final drop"]
     rows = []
     for g in budget["groups"]:
-        common = [g["label"]]
-        tasks = list(g["prior"]) or [MISSING]
-        for task in tasks:
+        for task in list(g["prior"]) or [MISSING]:
             d = g["prior"].get(task, {})
-            rows.append([*common, task, str(g["n_runs"]), fmt_agg(g["steps_in_stage"], 0),
+            rows.append([g["label"], task, str(g["n_runs"]), fmt_agg(g["steps_in_stage"], 0),
                          fmt_agg(g["cost"], count=True), fmt_agg(g["new_task_gain"]),
                          fmt_agg(d.get("max_drop", {})), fmt_agg(d.get("final_drop", {}))])
     value = fmt_count(budget["budget"])
