@@ -7,14 +7,27 @@ functions of a completion: `reward` (the shaped training signal; e.g. the papers
 `exact_answer = True` declares that the completion is correct iff it equals `example.answer` token for token.
 Under greedy decoding the evaluator may then decide correctness with one teacher-forced forward (greedy output
 equals the target iff the argmax at every answer position is the target token) instead of generating.
+
+Length cap. Every `score` and `reward` a subclass defines is wrapped, once, when the class is created
+(`Task.__init_subclass__`): a completion that is not a string or is longer than `max_completion_chars`
+(100,000 characters; a 1,024-token completion is a few thousand) scores 0.0 without being parsed. Trainers,
+the evaluator and the TRL reward functions all call these two methods, so no completion reaches a task's own
+parsing uncapped, including tasks users write themselves. Within the cap every built-in scorer runs in time
+linear in the completion length (tests/tasks/test_adversarial_rewards.py).
 """
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+#: a 1024-token completion is a few thousand characters; anything far longer is hostile and scores 0
+MAX_COMPLETION_CHARS = 100_000
+
+Scorer = Callable[["Task", str, "Example"], float]
 
 
 @dataclass(frozen=True)
@@ -46,6 +59,16 @@ class Task(ABC):
     #: generation budget and stop strings for this task's completions
     max_new_tokens: int = 64
     stop: tuple[str, ...] = ()
+    #: longer completions (and non-strings) score 0.0 unparsed; see the module docstring
+    max_completion_chars: int = MAX_COMPLETION_CHARS
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Cap the completions every subclass's own `score` / `reward` receives (see the module docstring)."""
+        super().__init_subclass__(**kwargs)
+        for name in ("score", "reward"):
+            method = cls.__dict__.get(name)
+            if callable(method) and not getattr(method, "__isabstractmethod__", False):
+                setattr(cls, name, _length_capped(method))
 
     @abstractmethod
     def train_examples(self) -> Sequence[Example]:
@@ -73,6 +96,12 @@ class Task(ABC):
         """Training signal of one completion. Defaults to the score (exact-answer tasks)."""
         return self.score(completion, example)
 
+    def _guard(self, completion: Any) -> str | None:
+        """The completion if it is a string within the cap, else None (to be scored 0 without parsing)."""
+        if not isinstance(completion, str) or len(completion) > self.max_completion_chars:
+            return None
+        return completion
+
     def describe(self) -> dict[str, Any]:
         """Small summary for logs: sizes and decoding settings."""
         return {
@@ -82,3 +111,18 @@ class Task(ABC):
             "exact_answer": self.exact_answer,
             "max_new_tokens": self.max_new_tokens,
         }
+
+
+def _length_capped(method: Scorer) -> Scorer:
+    """`method` behind the length cap: hostile lengths score 0.0 before any parsing. Idempotent."""
+    if getattr(method, "_length_capped", False):
+        return method
+
+    @functools.wraps(method)
+    def capped(self: Task, completion: str, example: Example) -> float:
+        if self._guard(completion) is None:
+            return 0.0
+        return method(self, completion, example)
+
+    capped._length_capped = True  # type: ignore[attr-defined]
+    return capped

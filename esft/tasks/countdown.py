@@ -139,11 +139,8 @@ class Countdown(SplitTask):
         return Example(prompt=messages[1]["content"], answer=target, meta=meta)
 
     def reward(self, completion: str, example: Example) -> float:
-        text = self._guard(completion)
-        if text is None:
-            return 0.0
-        return 0.1 * format_reward(text) + float(answer_correct(text, example.meta["numbers"], float(example.answer)))
+        numbers, target = example.meta["numbers"], float(example.answer)
+        return 0.1 * format_reward(completion) + float(answer_correct(completion, numbers, target))
 
     def score(self, completion: str, example: Example) -> float:
-        text = self._guard(completion)
-        return float(text is not None and answer_correct(text, example.meta["numbers"], float(example.answer)))
+        return float(answer_correct(completion, example.meta["numbers"], float(example.answer)))

@@ -23,6 +23,7 @@ Reward kinds (reward = score, in [0, 1]; there is no format bonus):
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -126,9 +127,7 @@ class JsonlTask(SplitTask):
         return Example(prompt=prompt, answer=self._choice_answer(row, f"line {row['_line']}"), meta=meta)
 
     def score(self, completion: str, example: Example) -> float:
-        text = self._guard(completion)
-        if text is None:
-            return 0.0
+        text = completion  # within the base Task's length cap (esft/tasks/base.py)
         if self.reward_kind == "exact":
             return float(_exact(text, example.answer))
         if self.reward_kind == "numeric":
@@ -147,6 +146,9 @@ def _valid_jsonl_option(jsonl: Any) -> bool:
     return isinstance(jsonl, Mapping) and bool(jsonl) and set(jsonl) <= {"train", "eval"}
 
 
+_ANSWER_MARKER = re.compile("answer:", re.IGNORECASE)
+
+
 def _normal(text: str) -> str:
     return " ".join(text.split()).rstrip(".").strip().casefold()
 
@@ -155,7 +157,9 @@ def _exact(completion: str, answer: str) -> bool:
     """The whole completion, its last non-empty line, or what follows its last "Answer:" equals the answer."""
     lines = [line for line in completion.splitlines() if line.strip()]
     last = lines[-1] if lines else ""
-    marker = completion.lower().rfind("answer:")
-    after = completion[marker + len("answer:"):] if marker != -1 else None
+    # the last "answer:" in any case; not completion.lower().rfind(), whose index drifts on text such as "İ"
+    # that lower() lengthens
+    markers = [m.end() for m in _ANSWER_MARKER.finditer(completion)]
+    after = completion[markers[-1]:] if markers else None
     gold = _normal(answer)
     return any(_normal(c) == gold for c in (completion, last, after) if c is not None)

@@ -12,7 +12,7 @@ Every failure a user can fix (missing folder or file, unreadable file, unreachab
 `seeded_subset` is es-awd's evaluation subset verbatim (`random.Random(seed).sample(range(n), k)`, the whole
 list in order when k >= n), so with `subset_seed=2357` the prior tasks are scored on the paper's very items.
 `SplitTask` holds what the paper's tasks have in common: train/eval sizes, lazy cached example lists (building a
-task reads nothing), the generation budget, and a length guard on completions.
+task reads nothing), the generation budget. (The length cap on completions is the base Task's, esft/tasks/base.py.)
 """
 
 from __future__ import annotations
@@ -31,8 +31,6 @@ from esft.tasks.base import Example, Task
 LOCAL_PATTERNS = ("{split}.parquet", "{split}-*.parquet", "{split}.jsonl", "{split}.json")
 #: the es-awd evaluation-subset seed (evaluation/evaluate_forgetting.py)
 PAPER_SUBSET_SEED = 2357
-#: a 1024-token completion is a few thousand characters; anything far longer is hostile and scores 0
-MAX_COMPLETION_CHARS = 100_000
 
 
 class Rows(list):
@@ -168,7 +166,6 @@ class SplitTask(Task):
     paper_train_size: int = 200
     paper_eval_size: int | None = 2048
     max_new_tokens = 1024  # the paper: greedy, at most 1024 new tokens for every task
-    max_completion_chars: int = MAX_COMPLETION_CHARS
 
     def __init__(self, data_dir: str | Path | None = None, seed: int = 0, *, train_size: int | None = None,
                  eval_size: int | None = None, subset_seed: int | None = PAPER_SUBSET_SEED,
@@ -221,12 +218,6 @@ class SplitTask(Task):
             rows = seeded_subset(self._eval_rows(), self.eval_size, self.subset_seed)
             self._eval = tuple(self._example(row) for row in rows)
         return self._eval
-
-    def _guard(self, completion: str) -> str | None:
-        """The completion if it is a sane string, else None (scored 0 without parsing: hostile length)."""
-        if not isinstance(completion, str) or len(completion) > self.max_completion_chars:
-            return None
-        return completion
 
 
 def _positive(option: str, value: Any, task: str) -> int:

@@ -33,10 +33,16 @@ PAPER_TEST = 500
 USER_TEMPLATE = ("Solve this grade-school math word problem step by step.\n\nProblem: {question}\n\n"
                  "Write short calculations and check the final result.\nOn the last line, write only: #### <number>")
 NUMBER = r"-?\$?\d[\d,]*(?:\.\d+)?"
+# Linear time on model output: each marker starts with a literal, and no two adjacent quantified pieces can
+# match the same character. The former `[ \t]*\$?[ \t]*` let two whitespace runs split one run of n blanks
+# n ways (three runs in "the answer is": n^2 ways) before failing, so `"####" + 20,000 spaces + "x"` took
+# seconds. `[ \t]*(?:\$[ \t]*)?` admits exactly the same strings with one way to split them, so a failed
+# attempt costs O(run length) and each run is scanned by the one marker just before it.
+_BLANKS_THEN_NUMBER = rf"[ \t]*(?:\$[ \t]*)?({NUMBER})"
 _MARKERS = (
-    re.compile(rf"####[ \t]*\$?[ \t]*({NUMBER})"),
-    re.compile(rf"(?i:the[ \t]+(?:final[ \t]+)?answer[ \t]+is)[ \t]*:?[ \t]*\$?[ \t]*({NUMBER})"),
-    re.compile(rf"\\boxed\{{[ \t]*\$?[ \t]*({NUMBER})[ \t]*\}}"),
+    re.compile(rf"####{_BLANKS_THEN_NUMBER}"),
+    re.compile(rf"(?i:the[ \t]+(?:final[ \t]+)?answer[ \t]+is)[ \t]*(?::[ \t]*)?(?:\$[ \t]*)?({NUMBER})"),
+    re.compile(rf"\\boxed\{{{_BLANKS_THEN_NUMBER}[ \t]*\}}"),
 )
 _ANY_NUMBER = re.compile(NUMBER)
 _FORMAT_LINE = re.compile(rf"####[ \t]*({NUMBER})\.?")

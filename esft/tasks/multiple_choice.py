@@ -33,8 +33,11 @@ from esft.tasks.data import Rows, SplitTask, load_split, require_fields
 from esft.tasks.registry import register
 
 LETTERS = "ABCDEFGHIJ"
+# `[ \t]*(?::[ \t]*)?` rather than `[ \t]*:?[ \t]*`: the same strings, but one way to split a run of blanks, so a
+# phrase followed by n blanks and no letter fails in O(n) instead of O(n^2) ("answer is" + 20,000 spaces took
+# seconds). Every attempt starts at a literal keyword and scans only the blanks right after it: linear overall.
 _ANSWER_PHRASE = re.compile(
-    r"(?i:answer[ \t]*(?:is|:)|option[ \t]+is|choice[ \t]+is)[ \t]*:?[ \t]*\(?([A-J])\)?(?![A-Za-z])")
+    r"(?i:answer[ \t]*(?:is|:)|option[ \t]+is|choice[ \t]+is)[ \t]*(?::[ \t]*)?\(?([A-J])\)?(?![A-Za-z])")
 _LEADING_LETTER = re.compile(r"[*_ \t]*\(?([A-J])(?:[).:*]|[ \t]*$)")
 _SCIENCE_HEADER = ("The following are multiple choice science questions. Think step by step and then finish your "
                    'answer with "The answer is (X)" where X is the correct letter choice.\n\n')
@@ -112,8 +115,7 @@ class MultipleChoiceTask(SplitTask):
         return Example(prompt=self._render(item), answer=LETTERS[item.gold], meta=meta)
 
     def score(self, completion: str, example: Example) -> float:
-        text = self._guard(completion)
-        return float(text is not None and extract_letter(text, example.meta["labels"]) == example.answer)
+        return float(extract_letter(completion, example.meta["labels"]) == example.answer)
 
 
 def _label_index(label: Any, labels: Sequence[str]) -> int:

@@ -104,11 +104,7 @@ class ProofWriter(SplitTask):
         return Example(prompt=user, answer=label, meta=meta)
 
     def score(self, completion: str, example: Example) -> float:
-        text = self._guard(completion)
-        return float(text is not None and predicted_label(text) == example.answer)
+        return float(predicted_label(completion) == example.answer)
 
     def reward(self, completion: str, example: Example) -> float:
-        text = self._guard(completion)
-        if text is None:
-            return 0.0
-        return 0.1 * format_reward(text) + float(predicted_label(text) == example.answer)
+        return 0.1 * format_reward(completion) + float(predicted_label(completion) == example.answer)
