@@ -12,24 +12,17 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import numpy as np
 import torch
 
 from esft.es.awd import validate_awd
+from esft.core.accounting import peak_memory, reset_peak_memory
+from esft.core.sampling import sample_indices
 from esft.es.params import FlatParams
 from esft.es.population import StepFitness, build_evaluator, build_noise, resolve_cache_noise
 from esft.es.replay import apply_step
 from esft.es.strategy import ESSettings, ask, tell
 from esft.policy import Policy
-from esft.rl.common import peak_memory, reset_peak_memory
 from esft.tasks.base import Task
-
-
-def sample_indices(seed: int, step: int, population: int, count: int | None) -> np.ndarray:
-    """The training prompts of one step: counter-based, so independent of how the run got here."""
-    if count is None or count >= population:
-        return np.arange(population)
-    return np.random.default_rng([int(seed), int(step), 7919]).choice(population, size=int(count), replace=False)
 
 
 class ESTrainer:

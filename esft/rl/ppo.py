@@ -33,9 +33,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from esft.es.trainer import sample_indices
+from esft.core.accounting import TokenCounts, TokenMeter
+from esft.core.anchor import Anchor
+from esft.core.sampling import sample_indices
 from esft.policy import Policy
-from esft.rl.common import Anchor, AnchoredTrainerMixin, Rollout, TokenMeter, sample_completions, step_metrics
+from esft.rl.common import AnchoredTrainerMixin, Rollout, rollout_metrics, sample_completions
 
 # -- the algorithm as pure functions -------------------------------------------------------------------------
 
@@ -169,9 +171,9 @@ class PPOTrainer(AnchoredTrainerMixin):
         batch = self._score(rollout, scores)
         stats = self._optimize(batch, generator)
         forward, backward = self.meter.stop()
-        return step_metrics(step, self.stage, self.task.name, scores.tolist(), self.anchor,
-                            self.anchor.moved_since(before), time.perf_counter() - started,
-                            (forward, backward, rollout.generated), self.policy.device, **stats)
+        return rollout_metrics(step, self.stage, self.task.name, scores.tolist(), self.anchor,
+                               self.anchor.moved_since(before), time.perf_counter() - started,
+                               TokenCounts(forward, backward, rollout.generated), self.policy.device, **stats)
 
     def _rollout(self, step: int, generator: torch.Generator) -> tuple[Rollout, torch.Tensor]:
         train = self.task.train_examples()
