@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -138,16 +139,58 @@ def discover(paths: list[str]) -> tuple[list[Path], list[str]]:
     return found, messages
 
 
+#: row keys that place a row (global step, curriculum stage): a row without a usable one cannot be placed
+POSITION_KEYS = ("step", "stage")
+#: at most this many line numbers are listed in one warning about non-finite values
+_LISTED_LINES = 5
+
+
+def _not_finite(value: Any) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
+
+
+def _bad_position(row: dict[str, Any]) -> str | None:
+    """Why the row's step or stage cannot place it (a non-finite, fractional or non-numeric value), or None."""
+    for key in POSITION_KEYS:
+        value = row.get(key)
+        if value is None or isinstance(value, int) and not isinstance(value, bool):
+            continue
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            row[key] = int(value)
+            continue
+        return f"{key} is {value!r}, not an integer"
+    return None
+
+
+def _drop_non_finite(row: dict[str, Any]) -> list[str]:
+    """Null every top-level NaN/infinity in place (Python's json reads them; esft never writes them, see
+    esft.rundir.dumps, so they come from a hand edit or a foreign writer); returns the keys nulled."""
+    keys = [key for key, value in row.items() if _not_finite(value)]
+    for key in keys:
+        row[key] = None
+    return keys
+
+
+def _lines(numbers: list[int]) -> str:
+    shown = ", ".join(str(n) for n in numbers[:_LISTED_LINES])
+    more = f" and {len(numbers) - _LISTED_LINES} more" if len(numbers) > _LISTED_LINES else ""
+    return f"line{'s' if len(numbers) > 1 else ''} {shown}{more}"
+
+
 def read_jsonl_tolerant(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    """Rows of a JSONL file, skipping (and reporting) every line that is not a JSON object.
+    """Rows of a JSONL file, skipping (and reporting) every line that is not a usable JSON object.
 
     esft.rundir.iter_jsonl stops at the first corrupt row; a report wants the rows after it too, so this
-    reader goes on and returns one warning per bad line, worded like rundir's error.
+    reader goes on and returns one warning per bad line, worded like rundir's error. A line is skipped when it
+    is not JSON, not an object, or its step/stage is not a finite integer (`"step": 1e999` parses as infinity).
+    Any other NaN or infinity (`"accuracy": NaN`) becomes null, so the row still counts without that value;
+    those are reported once per file and key, naming the lines.
     """
     if not path.exists():
         return [], []
     rows: list[dict[str, Any]] = []
     warnings: list[str] = []
+    nulled: dict[str, list[int]] = {}
     try:
         with open(path, errors="replace") as handle:
             for number, line in enumerate(handle, start=1):
@@ -155,15 +198,24 @@ def read_jsonl_tolerant(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
                     continue
                 try:
                     row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    warnings.append(f"{path}: line {number} is not valid JSON ({exc.msg}); line skipped")
+                except (json.JSONDecodeError, RecursionError) as exc:
+                    reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+                    warnings.append(f"{path}: line {number} is not valid JSON ({reason}); line skipped")
                     continue
-                if isinstance(row, dict):
-                    rows.append(row)
-                else:
+                if not isinstance(row, dict):
                     warnings.append(f"{path}: line {number} is not a JSON object; line skipped")
+                    continue
+                problem = _bad_position(row)
+                if problem:
+                    warnings.append(f"{path}: line {number}: {problem}; line skipped")
+                    continue
+                for key in _drop_non_finite(row):
+                    nulled.setdefault(key, []).append(number)
+                rows.append(row)
     except OSError as exc:
         warnings.append(f"{path}: cannot be read ({exc.strerror or exc}); file skipped")
+    for key, numbers in nulled.items():
+        warnings.append(f"{path}: {_lines(numbers)}: {key} is not a finite number; that value ignored")
     return rows, warnings
 
 

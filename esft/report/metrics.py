@@ -14,16 +14,24 @@ eval (at step first_step - 1, before any update of the stage):
   area         the trapezoid rule over the eval points of max(0, start - acc), divided by the steps covered
                (last eval step - start step; the stage length for a finished stage): a mean drop, in
                accuracy units. The clipped deficit is interpolated linearly between eval points.
+and, over every eval of the run from its very first one (the base model, before any update of any stage), so
+that drift during earlier stages is not hidden behind the new stage's `start`:
+  base                  accuracy at the task's first eval in the run (`base_step`, normally 0)
+  max_drop_from_base    base - the lowest accuracy of the whole run (>= 0)
+  final_drop_from_base  base - final
 Per run:
   new_task_gain   new task's final accuracy in the new stage minus its accuracy at the stage start
   GEM (Lopez-Paz & Ranzato 2017): R[i][j] = accuracy on curriculum task j at the `stage_end` eval of stage
                   i; ACC = mean_j R[T-1][j]; BWT = mean_{j<T-1} (R[T-1][j] - R[j][j]) (null with one stage);
                   both null while a needed entry is missing (a run that has not finished)
-  theta           final |theta - theta0| and the random-walk prediction at T = the last step:
-                  alpha*sqrt(T*D/N) without AWD (`pred_free`, always), and for AWD-L2 with c = alpha*lambda
-                  alpha*sqrt(D/N * (1 - (1-c)^(2T)) / (2c - c^2)), which is the sum of the decayed per-step
-                  variances and saturates at alpha*sqrt(D/(N*(2c - c^2))). `ratio` = measured / prediction
-                  (the AWD-aware one; null for AWD-L1, which has no closed form here). ES only.
+  theta           final |theta - theta0| and the random-walk prediction at T = the last step (`step_norm`):
+                  alpha*k*sqrt(T*D/N) without AWD (`pred_free`, always), and for AWD-L2 with c = alpha*lambda
+                  alpha*k*(1-c)*sqrt(D/N * (1 - (1-c)^(2T)) / (2c - c^2)), the sum of the decayed per-step
+                  variances, which saturates at alpha*k*(1-c)*sqrt(D/(N*(2c - c^2))); k = sqrt(N/(N-1)) with
+                  antithetic pairs, 1 without. `ratio` = measured / prediction (the AWD-aware one; null for
+                  AWD-L1, which has no closed form here). ES only.
+  new_task_gain   also carries the new task's `final` accuracy (a group can gain less yet end higher)
+  scoring         {task: how its evals were scored} when the evals rows say (`scoring`: loglik | generate)
   compute         sums of forward/backward_tokens, population_evals, generated_tokens and seconds over metrics rows
                   (compute_tokens = forward + 2 x backward tokens, proportional to FLOPs),
                   for the whole run and for the new stage alone
@@ -46,6 +54,8 @@ from esft.report.load import Run
 Point = tuple[int, float]
 #: the per-prior-task metrics, in table order
 DRIFT_FIELDS = ("start", "min", "min_step", "final", "max_drop", "final_drop", "recovery", "area")
+#: the per-prior-task metrics measured from the run's first eval (the base model), beside the new-stage ones
+BASE_FIELDS = ("base", "max_drop_from_base", "final_drop_from_base")
 LOGGED_COMPUTE = ("forward_tokens", "backward_tokens", "population_evals", "generated_tokens", "seconds")
 # compute_tokens = forward + 2 x backward tokens: proportional to training FLOPs (~2D per forward token,
 # ~4D per backward token), so ES (forward only) and GRPO/PPO (forward + backward) compare at equal compute.
@@ -135,6 +145,40 @@ def drift(points: list[Point]) -> dict[str, Any] | None:
     }
 
 
+def drift_from_base(points: list[Point]) -> dict[str, Any] | None:
+    """Drop of a prior task from the run's first eval of it (the base model) over every later eval: the new
+    stage's `start` already carries whatever earlier stages did to the task, so `drift` alone would report a
+    task that fell 99% -> 70% in stage A and then to 24% in stage B as a 46-point drop instead of 75."""
+    if not points:
+        return None
+    base_step, base = points[0]
+    minimum = min(value for _, value in points)
+    return {"base": base, "base_step": base_step, "max_drop_from_base": base - minimum,
+            "final_drop_from_base": base - points[-1][1]}
+
+
+def prior_drift(run: Run, task: str, new: dict[str, Any]) -> dict[str, Any] | None:
+    """drift() over the new stage with drift_from_base() over the whole run up to the new stage's last eval."""
+    stage_points = eval_curve(run, task, new["index"])
+    out = drift(stage_points)
+    if out is None:
+        return None
+    until = stage_points[-1][0]
+    base = drift_from_base([p for p in eval_curve(run, task) if p[0] <= until])
+    out.update(base or dict.fromkeys(("base", "base_step", *BASE_FIELDS[1:])))
+    return out
+
+
+def scoring(run: Run) -> dict[str, str]:
+    """{task: its evals' `scoring` values, comma-joined in first-seen order}; tasks whose rows lack it are absent."""
+    seen: dict[str, list[str]] = {}
+    for row in run.evals:
+        value, task = row.get("scoring"), row.get("task")
+        if isinstance(value, str) and isinstance(task, str) and value not in seen.setdefault(task, []):
+            seen[task].append(value)
+    return {task: ",".join(values) for task, values in seen.items() if values}
+
+
 def gem(run: Run, stage_list: list[dict[str, Any]]) -> dict[str, Any]:
     """The accuracy matrix R (rows: after stage i, columns: curriculum task j) with ACC and BWT."""
     tasks = [s["task"] for s in stage_list]
@@ -153,29 +197,59 @@ def gem(run: Run, stage_list: list[dict[str, Any]]) -> dict[str, Any]:
     return {"tasks": tasks, "R": matrix, "acc": acc, "bwt": bwt}
 
 
-def predicted_theta(steps: float, alpha: float, dim: float, pop: float, c: float = 0.0) -> float | None:
-    """Expected |theta_T - theta0| of the ES random walk; c = alpha*lambda is the AWD-L2 pull (0: none)."""
-    if steps < 0 or alpha <= 0 or dim <= 0 or pop <= 0 or not 0 <= c < 2:
+def pair_factor(pop: float, antithetic: bool) -> float:
+    """How much antithetic pairs lengthen the z-scored ES step: sqrt(N/(N-1)) with pairs, 1 without.
+
+    One step is u = alpha/N * sum_k c_k eps_k over the K noise draws, eps_k ~ N(0, I_D). Where the reward
+    ignores a direction (the random walk this prediction models), the rewards do not depend on the eps, so
+    E|u|^2 = alpha^2 D / N^2 * E[sum_k c_k^2].
+      Without pairs K = N and c_k = z_k. The z-scores of N rewards (population std) have sum_k z_k^2 = N
+      exactly, so E|u|^2 = alpha^2 D / N: the step norm alpha*sqrt(D/N).
+      With pairs K = N/2 and draw k's coefficient is z+ - z- (members 2k and 2k+1 saw +eps_k and -eps_k), so
+      sum_k (z+ - z-)^2 = sum_n z_n^2 - 2 sum_k z+ z- = N - 2 sum_k z+ z-. The z-scores also sum to 0, so
+      0 = (sum_n z_n)^2 = N + sum_{i != j} z_i z_j, and for exchangeable rewards every one of the N(N-1)
+      ordered pairs has E[z_i z_j] = -1/(N-1): the two members of a pair are slightly anti-correlated. Then
+      E[sum_k c_k^2] = N + 2 (N/2) / (N-1) = N^2 / (N-1), and the step norm is alpha*sqrt(D/N)*sqrt(N/(N-1)).
+    Measured on a random-reward task: 1.040 with pairs at N=16 (sqrt(16/15) = 1.033) and 1.0001 without pairs
+    at N=4. Centered-rank shaping has a smaller sum of squares and is not covered (see theta_params).
+    """
+    return math.sqrt(pop / (pop - 1)) if antithetic and pop > 1 else 1.0
+
+
+def predicted_theta(steps: float, alpha: float, dim: float, pop: float, c: float = 0.0,
+                    antithetic: bool = False) -> float | None:
+    """Expected |theta_T - theta0| of the ES random walk; c = alpha*lambda is the AWD-L2 pull (0: none).
+
+    Each step adds an independent u_t with E|u_t|^2 = s^2, s = alpha*sqrt(D/N)*pair_factor. Without AWD the
+    variances add: s*sqrt(T). AWD-L2 pulls after the update, x_{t+1} = (1-c)(x_t + u_t), so after T steps
+    E|x_T|^2 = s^2 sum_{j=1..T} (1-c)^(2j) = s^2 (1-c)^2 (1 - (1-c)^(2T)) / (2c - c^2), which saturates at
+    s (1-c) / sqrt(2c - c^2) instead of growing without bound.
+    """
+    if steps < 0 or alpha <= 0 or dim <= 0 or pop <= 0 or not 0 <= c < 1:
         return None
+    step = alpha * math.sqrt(dim / pop) * pair_factor(pop, antithetic)
     if c == 0:
-        return alpha * math.sqrt(steps * dim / pop)
-    return alpha * math.sqrt(dim / pop * (1 - (1 - c) ** (2 * steps)) / (2 * c - c * c))
+        return step * math.sqrt(steps)
+    return step * (1 - c) * math.sqrt((1 - (1 - c) ** (2 * steps)) / (2 * c - c * c))
 
 
 def theta_params(run: Run) -> dict[str, Any] | None:
-    """alpha, D, N and the AWD pull c used by the prediction; None when not ES or a value is missing."""
+    """alpha, D, N, antithetic and the AWD pull c used by the prediction; None when not ES, a value is missing,
+    or the rewards are shaped other than by z-score (the prediction's sum of squares N holds for z-scores)."""
     method = (run.info or {}).get("method") or cfg_get(run.config, "method.name", "es")
     alpha = cfg_get(run.config, "es.alpha")
     pop = cfg_get(run.config, "es.population_size")
     dim = (run.info or {}).get("num_parameters")
-    if method != "es" or not all(isinstance(v, (int, float)) for v in (alpha, pop, dim)):
+    shaping = cfg_get(run.config, "es.shaping", "zscore")
+    if method != "es" or shaping != "zscore" or not all(isinstance(v, (int, float)) for v in (alpha, pop, dim)):
         return None
     lam = cfg_get(run.config, "awd.lambda", 0) or 0
     kind = cfg_get(run.config, "awd.kind", "l2")
     if not isinstance(lam, (int, float)):
         return None
     c = alpha * lam if kind == "l2" else 0.0
-    return {"alpha": alpha, "dim": dim, "pop": pop, "c": c, "l1": kind == "l1" and lam > 0}
+    antithetic = bool(cfg_get(run.config, "es.antithetic", True))
+    return {"alpha": alpha, "dim": dim, "pop": pop, "c": c, "l1": kind == "l1" and lam > 0, "antithetic": antithetic}
 
 
 def theta_curve(run: Run) -> list[Point]:
@@ -189,7 +263,7 @@ def theta_prediction_curve(run: Run, steps: list[int], free: bool = False) -> li
     if p is None or (p["l1"] and not free):
         return []
     c = 0.0 if free else p["c"]
-    values = [(s, predicted_theta(s, p["alpha"], p["dim"], p["pop"], c)) for s in steps]
+    values = [(s, predicted_theta(s, p["alpha"], p["dim"], p["pop"], c, p["antithetic"])) for s in steps]
     return [(s, v) for s, v in values if v is not None]
 
 
@@ -219,6 +293,7 @@ def compute_used(run: Run, stage: int | None = None) -> dict[str, Any]:
 
 
 def new_task_gain(run: Run, new: dict[str, Any]) -> dict[str, Any]:
+    """Gain over the new stage with its start and final accuracy (the final one is what a user deploys)."""
     points = eval_curve(run, new["task"], new["index"])
     if not points:
         return {"start": None, "final": None, "gain": None}
@@ -241,15 +316,13 @@ def run_metrics(run: Run) -> dict[str, Any]:
         "skipped_steps": sum(1 for r in run.metrics if r.get("skipped")),
         "warnings": len(run.warnings),
     }
-    out["prior"] = {
-        task: drift(eval_curve(run, task, new["index"])) if new else None
-        for task in prior_tasks(run, stage_list)
-    }
+    out["prior"] = {task: prior_drift(run, task, new) if new else None for task in prior_tasks(run, stage_list)}
     out["new_task_gain"] = new_task_gain(run, new) if new else {"start": None, "final": None, "gain": None}
     out["gem"] = gem(run, stage_list)
     out["theta"] = theta_summary(run)
     out["compute"] = compute_used(run)
     out["compute_new_stage"] = compute_used(run, new["index"]) if new else compute_used(run, -1)
+    out["scoring"] = scoring(run)
     return out
 
 
@@ -394,6 +467,16 @@ def _count(items: list[str]) -> dict[str, int]:
     return counts
 
 
+def _group_scoring(per_run: list[dict[str, Any]], tasks: list[str]) -> dict[str, str]:
+    """{task: the scoring modes its runs' evals used, comma-joined}; tasks no run reported a mode for are absent."""
+    out: dict[str, str] = {}
+    for task in dict.fromkeys(tasks):
+        modes = _ordered_union([m.get("scoring", {}).get(task, "").split(",") for m in per_run])
+        if any(modes):
+            out[task] = ",".join(mode for mode in modes if mode)
+    return out
+
+
 def group_summary(group: Group, per_run: list[dict[str, Any]], task: str | None = None) -> dict[str, Any]:
     """Mean and spread over a group's runs of every per-run number; prior tasks filtered to `task` if given."""
     tasks = [t for t in _ordered_union([list(m["prior"]) for m in per_run]) if task in (None, t)]
@@ -406,8 +489,9 @@ def group_summary(group: Group, per_run: list[dict[str, Any]], task: str | None 
         return sum(vals) / len(vals) if vals else None
 
     prior = {
-        t: {f: field(lambda m, t=t, f=f: m["prior"][t][f]) for f in DRIFT_FIELDS} for t in tasks
+        t: {f: field(lambda m, t=t, f=f: m["prior"][t][f]) for f in (*DRIFT_FIELDS, *BASE_FIELDS)} for t in tasks
     }
+
     return {
         "label": group.label, "key": group.key, "runs": [m["name"] for m in per_run], "n_runs": len(per_run),
         "states": _count([m["state"] for m in per_run]),
@@ -415,7 +499,10 @@ def group_summary(group: Group, per_run: list[dict[str, Any]], task: str | None 
         "prior": prior,
         "mean_max_drop": field(lambda m: mean_over_tasks(m, "max_drop")),
         "mean_area": field(lambda m: mean_over_tasks(m, "area")),
+        "mean_max_drop_from_base": field(lambda m: mean_over_tasks(m, "max_drop_from_base")),
         "new_task_gain": field(lambda m: m["new_task_gain"]["gain"]),
+        "new_task_final": field(lambda m: m["new_task_gain"]["final"]),
+        "scoring": _group_scoring(per_run, [*tasks, *(m["new_task"] for m in per_run if m["new_task"])]),
         "acc": field(lambda m: m["gem"]["acc"]),
         "bwt": field(lambda m: m["gem"]["bwt"]),
         "theta_final": field(lambda m: m["theta"]["final"]),

@@ -72,24 +72,51 @@ def test_single_stage_eval_tasks_are_prior_and_bwt_is_null(make_run) -> None:
 
 
 def test_theta_fit_without_and_with_awd(make_run) -> None:
-    # D=4000, N=16, alpha=0.01, T=10: alpha*sqrt(T*D/N) = 0.01*sqrt(2500) = 0.5; measured 0.6
+    # D=4000, N=16, alpha=0.01, T=10, antithetic: alpha*sqrt(T*D/N)*sqrt(N/(N-1)) = 0.5*sqrt(16/15); measured 0.6
+    pairs = math.sqrt(16 / 15)
     plain = run_metrics(load_run(make_run("plain", lam=0.0)))["theta"]
     assert plain["final"] == approx(0.6) and plain["steps"] == 10
-    assert plain["pred"] == approx(0.5) and plain["ratio"] == approx(1.2) and plain["ratio_free"] == approx(1.2)
+    assert plain["pred"] == approx(0.5 * pairs) and plain["ratio"] == approx(1.2 / pairs)
+    assert plain["ratio_free"] == approx(1.2 / pairs)
     awd = run_metrics(load_run(make_run("awd", lam=5.0)))["theta"]
-    c = 0.01 * 5.0
-    expected = 0.01 * math.sqrt(4000 / 16 * (1 - (1 - c) ** 20) / (2 * c - c * c))
+    c = 0.01 * 5.0  # pulled after each update: sum over j = 1..10 of (1-c)^(2j)
+    expected = 0.01 * pairs * math.sqrt(4000 / 16 * sum((1 - c) ** (2 * j) for j in range(1, 11)))
     assert awd["pred"] == approx(expected) and awd["ratio"] == approx(0.6 / expected)
-    assert awd["pred_free"] == approx(0.5)
+    assert awd["pred_free"] == approx(0.5 * pairs)
+
+
+def test_theta_prediction_without_pairs_and_other_shaping(make_run) -> None:
+    run = load_run(make_run())
+    run.config["es"]["antithetic"] = False
+    assert run_metrics(run)["theta"]["pred"] == approx(0.5)  # z-scores of N rewards: sum of squares N exactly
+    run.config["es"]["shaping"] = "centered_rank"
+    assert run_metrics(run)["theta"]["pred"] is None  # ranks have another sum of squares: no prediction
 
 
 def test_predicted_theta_saturates() -> None:
     assert predicted_theta(100, 0.01, 1600, 16) == approx(0.01 * math.sqrt(100 * 100))
+    assert predicted_theta(100, 0.01, 1600, 16, antithetic=True) == approx(math.sqrt(16 / 15))
     c = 0.1
-    saturation = 0.01 * math.sqrt(1600 / (16 * (2 * c - c * c)))
+    saturation = 0.01 * (1 - c) * math.sqrt(1600 / (16 * (2 * c - c * c)))
     assert predicted_theta(10_000, 0.01, 1600, 16, c) == approx(saturation)
-    assert predicted_theta(1, 0.01, 1600, 16, c) == approx(0.01 * math.sqrt(100))  # first step: no decay yet
+    assert predicted_theta(1, 0.01, 1600, 16, c) == approx(0.01 * math.sqrt(100) * (1 - c))  # pulled once
     assert predicted_theta(10, 0.0, 1600, 16) is None
+    assert predicted_theta(10, 0.01, 1600, 16, c=1.0) is None  # not a contraction (AWD refuses it too)
+
+
+def test_pair_factor_matches_a_simulated_random_reward_walk() -> None:
+    """The derivation in pair_factor, checked by sampling: random rewards, z-scored, N=4 with pairs."""
+    import numpy as np
+
+    from esft.es.strategy import ESSettings, tell
+    from esft.report.metrics import pair_factor
+
+    rng = np.random.default_rng(0)
+    for antithetic in (True, False):
+        settings = ESSettings(population_size=4, sigma=1.0, alpha=1.0, antithetic=antithetic)
+        sums = [sum(c * c for c in tell(rng.normal(size=4), settings).coefficients) for _ in range(20_000)]
+        # E|u|^2 / (alpha^2 D / N) = E[sum_k c_k^2] / N
+        assert math.sqrt(np.mean(sums) / 4) == approx(pair_factor(4, antithetic), rel=0.01)
 
 
 def test_compute_totals(make_run) -> None:
