@@ -22,7 +22,7 @@ from torch import nn
 
 
 @dataclass(frozen=True)
-class TokenCounts:
+class StepTokens:
     """Token positions of one step (see the module doc)."""
 
     forward: int = 0
@@ -109,7 +109,7 @@ def peak_memory(device: torch.device | str = "cpu") -> dict[str, float]:
 
 
 def metrics_row(step: int, stage: int, task: str, rewards: Sequence[float] | np.ndarray, *, nonfinite: int,
-                theta_dist: float, update_norm: float, seconds: float, tokens: TokenCounts,
+                theta_dist: float, update_norm: float, seconds: float, tokens: StepTokens,
                 device: torch.device | str, skipped: bool = False, skip_reason: str | None = None,
                 **extra: Any) -> dict[str, Any]:
     """One metrics.jsonl row (the README's keys), for every method.

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from esft.core.accounting import TokenCounts, metrics_row, peak_memory, reset_peak_memory
+from esft.core.accounting import StepTokens, metrics_row, peak_memory, reset_peak_memory
 from esft.core.anchor import Anchor
 from esft.policy import Policy, _cut_at_stop, tokens_through_stop
 
@@ -127,7 +127,7 @@ def _completion_mask(completion: torch.Tensor, eos: int | None) -> torch.Tensor:
 
 
 def rollout_metrics(step: int, stage: int, task: str, rewards: Sequence[float], anchor: Anchor, update_norm: float,
-                    seconds: float, tokens: TokenCounts, device: torch.device, **extra: Any) -> dict[str, Any]:
+                    seconds: float, tokens: StepTokens, device: torch.device, **extra: Any) -> dict[str, Any]:
     """The metrics row of one RL step: reward statistics over the finite rollout rewards (a non-finite reward
     is counted, not averaged in; RL never skips a step)."""
     r = np.asarray(rewards, dtype=np.float64)

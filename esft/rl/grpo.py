@@ -38,7 +38,7 @@ from transformers import TrainerCallback
 
 from esft.errors import EsftError
 from esft.policy import Policy, tokens_through_stop
-from esft.core.accounting import TokenCounts, TokenMeter
+from esft.core.accounting import StepTokens, TokenMeter
 from esft.core.anchor import Anchor
 from esft.rl.common import AnchoredTrainerMixin, rollout_metrics
 from esft.tasks.base import Task
@@ -272,7 +272,7 @@ class _StageCallback(TrainerCallback):
         step = self.offset + state.global_step
         row = rollout_metrics(step, owner.stage, owner.task.name, owner.recorder.rewards, owner.anchor,
                               owner.anchor.moved_since(self.before), time.perf_counter() - self.started,
-                              TokenCounts(forward, backward, owner.recorder.generated), owner.policy.device,
+                              StepTokens(forward, backward, owner.recorder.generated), owner.policy.device,
                               learning_rate=float(args.learning_rate))
         self.before = None
         owner.policy.model.eval()  # the experiment's evaluator expects eval mode

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from esft.core.accounting import TokenCounts, TokenMeter
+from esft.core.accounting import StepTokens, TokenMeter
 from esft.core.anchor import Anchor
 from esft.core.sampling import sample_indices
 from esft.policy import Policy
@@ -173,7 +173,7 @@ class PPOTrainer(AnchoredTrainerMixin):
         forward, backward = self.meter.stop()
         return rollout_metrics(step, self.stage, self.task.name, scores.tolist(), self.anchor,
                                self.anchor.moved_since(before), time.perf_counter() - started,
-                               TokenCounts(forward, backward, rollout.generated), self.policy.device, **stats)
+                               StepTokens(forward, backward, rollout.generated), self.policy.device, **stats)
 
     def _rollout(self, step: int, generator: torch.Generator) -> tuple[Rollout, torch.Tensor]:
         train = self.task.train_examples()
