@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from esft.es.noise import DrawRef, perturbed
+
 if TYPE_CHECKING:
     from esft.es.params import FlatParams
 
@@ -28,13 +30,21 @@ NamedTensors = list[tuple[str, torch.Tensor]]
 
 
 def iter_named_weights(params: FlatParams, base: torch.Tensor, dtype: torch.dtype,
-                       noise: torch.Tensor | None = None, scale: float = 0.0) -> Iterator[tuple[str, torch.Tensor]]:
+                       noise: torch.Tensor | DrawRef | None = None, scale: float = 0.0,
+                       ) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, tensor) per model parameter holding `base + scale * noise` (or `base`) cast to `dtype`.
 
     A generator, one tensor-sized temporary at a time: on a GPU the full vector in the engine dtype would be
-    another model-sized allocation beside the engine. The add is the one FlatParams.load_perturbed does."""
+    another model-sized allocation beside the engine. The add is the one FlatParams.load_perturbed does. With
+    portable (philox) noise `noise` is a DrawRef: each tensor's noise is drawn on the weights' device as the
+    engine asks for it (no noise vector crosses PCIe) and added without FMA, as FlatParams does."""
     for name, part, shape in zip(params.names, _slices(params), params.shapes):
-        values = base[part] if noise is None else torch.add(base[part], noise[part].to(base.device), alpha=scale)
+        if noise is None:
+            values = base[part]
+        elif isinstance(noise, DrawRef):
+            values = perturbed(base[part], noise[part], scale)
+        else:
+            values = torch.add(base[part], noise[part].to(base.device), alpha=scale)
         yield name, values.view(shape).to(dtype)
 
 

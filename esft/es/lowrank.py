@@ -43,6 +43,7 @@ from torch.func import functional_call
 
 from esft.errors import EsftError
 from esft.es.awd import apply_awd
+from esft.es import philox
 from esft.es.noise import FlatNoise, _tensor_seed
 
 #: per tensor of one draw: (A, B) for a matrix, a flat normal vector for the rest, None when frozen
@@ -58,9 +59,17 @@ class LowRankNoise(FlatNoise):
 
     mode = "lowrank"
 
-    def __init__(self, shapes: Sequence[tuple[int, ...]], rank: int = 1, freeze_nonmatrix: bool = False) -> None:
+    def __init__(self, shapes: Sequence[tuple[int, ...]], rank: int = 1, freeze_nonmatrix: bool = False,
+                 factors: str = "iid", device: torch.device | str = "cpu") -> None:
+        """`factors`: iid = torch's host sampler per tensor stream (rows without a `factors` field);
+        philox = esft/es/philox.py under the low-rank key stream, drawn on `device` (the weights' device), the
+        same bits on every device."""
         if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
             raise EsftError(f"es.rank must be a positive integer (got {rank!r})")
+        if factors not in ("iid", "philox"):
+            raise EsftError(f"low-rank factors come from iid or philox noise (got {factors!r})")
+        self.factors = factors
+        self.device = torch.device(device) if factors == "philox" else torch.device("cpu")
         self.shapes = [tuple(int(d) for d in s) for s in shapes]
         self.sizes = [math.prod(s) for s in self.shapes]
         self.numel = sum(self.sizes)
@@ -70,12 +79,22 @@ class LowRankNoise(FlatNoise):
 
     def describe(self) -> dict[str, Any]:
         """What the replay log records so esft/es/replay.py can rebuild this generator."""
-        return {"noise": self.mode, "rank": self.rank, "freeze_nonmatrix": self.freeze_nonmatrix}
+        return {"noise": self.mode, "rank": self.rank, "freeze_nonmatrix": self.freeze_nonmatrix,
+                **({"factors": self.factors} if self.factors != "iid" else {})}
 
     def factor(self, seed: int, index: int) -> Factor:
         """The factors of one tensor for one draw, from that tensor's independent stream (CPU, fp32)."""
         if not self.matrix[index] and self.freeze_nonmatrix:
             return None
+        if self.factors == "philox":
+            rows = sum(self.shapes[index]) if self.matrix[index] else self.sizes[index]
+            width = self.rank if self.matrix[index] else 1
+            values = philox.normals(seed, index, 0, torch.empty(rows * width, device=self.device),
+                                    stream=philox.STREAM_LOWRANK)
+            if not self.matrix[index]:
+                return values
+            block = values.view(rows, width)
+            return block[:self.shapes[index][0]], block[self.shapes[index][0]:]
         generator = torch.Generator().manual_seed(_tensor_seed(seed, index))
         if self.matrix[index]:
             m, n = self.shapes[index]

@@ -20,6 +20,11 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from esft.core.distance import squared_distance
+from esft.es.noise import DrawRef, perturbed
+
+#: numbers of portable noise drawn at once when loading a member (16 MB of fp32)
+PORTABLE_BLOCK = 1 << 22
 LoadCallback = Callable[[torch.Tensor, "torch.Tensor | None", float], None]
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
@@ -47,6 +52,7 @@ class FlatParams:
         self.numel = sum(self.sizes)
         first = self.named[0][1]
         self.device = first.device
+        self._params_by_name = dict(self.named)
         self.on_load: list[LoadCallback] = []  # told of every vector written into the model (see module doc)
         self._aliased = all(p.dtype == torch.float32 and p.device == self.device for _, p in self.named)
         with torch.no_grad():
@@ -113,7 +119,9 @@ class FlatParams:
         draw never needs D more floats of GPU memory (a 7B model: 28 GB). The sums are the same either way."""
         if self.work is self.master:
             raise RuntimeError("load_perturbed would overwrite master: build FlatParams with share_master=False")
-        if self._aliased and noise.device == self.device:
+        if isinstance(noise, DrawRef):
+            self._load_portable(noise, scale)
+        elif self._aliased and noise.device == self.device:
             torch.add(self.master, noise, alpha=scale, out=self.work)
         elif self._aliased:
             for _, part in self.slices():
@@ -126,24 +134,40 @@ class FlatParams:
         for callback in self.on_load:
             callback(self.master, noise, scale)
 
+    def _load_portable(self, draw: DrawRef, scale: float) -> None:
+        """master + scale * eps for portable (philox) noise, drawn on the weights' device one block at a time
+        (at most PORTABLE_BLOCK numbers of noise exist at once) and added without FMA (noise.perturbed)."""
+        for name, part in self.slices():
+            for start in range(part.start, part.stop, PORTABLE_BLOCK):
+                block = slice(start, min(part.stop, start + PORTABLE_BLOCK))
+                if self._aliased:
+                    perturbed(self.master[block], draw[block], scale, out=self.work[block])
+                else:
+                    param = self._params_by_name[name]
+                    values = perturbed(self.master[block], draw[block], scale)
+                    param.view(-1)[block.start - part.start:block.stop - part.start].copy_(values)
+
     def restore(self) -> None:
         self.load(self.master)
 
     def distance(self, reference: torch.Tensor | None = None) -> float:
-        """|theta - theta0| (L2 over all parameters), the drift the papers track."""
+        """|theta - theta0| (L2 over all parameters), the drift the papers track, accumulated per tensor in
+        blocks (esft.core.distance): no D-sized temporary (a 7B model's would be 28 GB beside the weights)."""
         reference = self.theta0 if reference is None else reference
-        return float(torch.linalg.vector_norm(self.master - reference))
+        return sum(squared_distance(self.master[part], reference[part]) for _, part in self.slices()) ** 0.5
 
     def layer_distances(self) -> dict[str, float]:
+        """|theta - theta0| restricted to each layer, blockwise like `distance`."""
         squared: OrderedDict[str, float] = OrderedDict()
-        delta = self.master - self.theta0
         for name, part in self.slices():
             label = layer_of(name)
-            squared[label] = squared.get(label, 0.0) + float(delta[part].square().sum())
+            squared[label] = squared.get(label, 0.0) + squared_distance(self.master[part], self.theta0[part])
         return {label: value ** 0.5 for label, value in squared.items()}
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        return {"master": self.master.detach().cpu().contiguous()}
+        """The master for a checkpoint: the tensor itself on a CPU (no copy: saving reads it synchronously),
+        one host copy from a device."""
+        return {"master": self.master.detach().cpu()}
 
     @torch.no_grad()
     def release_model(self) -> None:

@@ -31,7 +31,7 @@ import torch
 
 from esft.errors import EsftError
 from esft.es.lowrank import LowRankNoise, perturb_members
-from esft.es.noise import NoiseGenerator
+from esft.es.noise import NOISE_SETTINGS, DrawRef, NoiseGenerator, resolve_noise_mode
 from esft.es.params import FlatParams
 from esft.es.strategy import ESSettings
 from esft.policy import Policy
@@ -130,13 +130,23 @@ class InplaceEvaluator:
         self.noise = noise
         self.settings = settings
         self.cache_noise = cache_noise
-        self.prefetch = params.device.type != "cpu" if prefetch is None else prefetch
-        # reused draws when not caching: one, or two alternating ones (the next is filled while one is in use)
-        self._buffers = [] if cache_noise else [torch.empty(params.numel) for _ in range(1 + self.prefetch)]
+        self.portable = bool(getattr(noise, "portable", False))  # philox: drawn on the device, block by block
+        on_device = params.device.type != "cpu"
+        self.prefetch = (on_device and not self.portable) if prefetch is None else prefetch
+        # reused host draws when not caching: one, or two alternating ones (the next is filled while one is in
+        # use), pinned when they are copied to a GPU; portable noise needs none (DrawRef)
+        needed = 0 if cache_noise or self.portable else 1 + self.prefetch
+        self._buffers = [torch.empty(params.numel, pin_memory=on_device and torch.cuda.is_available())
+                         for _ in range(needed)]
 
-    def _draw(self, seed: int, slot: int) -> torch.Tensor:
-        """A draw on the CPU. Only cached draws (kept for the update, and small enough: es.cache_noise=auto)
-        move to the weights' device whole; the others reach it one tensor at a time (load_perturbed)."""
+    def _draw(self, seed: int, slot: int) -> torch.Tensor | DrawRef:
+        """portable noise: a DrawRef (blocks drawn on the weights' device as they are loaded), or the whole
+        draw made there when cached. Host noise: a CPU draw; only cached draws (kept for the update, and small
+        enough: es.cache_noise=auto) move to the weights' device whole; the others reach it one tensor at a
+        time from a pinned buffer (load_perturbed, non_blocking copies)."""
+        if self.portable:
+            kept = self.noise.flat(seed, device=self.params.device) if self.cache_noise else None
+            return DrawRef(self.noise, seed, self.params.device, kept)
         if self.cache_noise:
             return self.noise.flat(seed).to(self.params.device)
         return self.noise.flat(seed, out=self._buffers[slot % len(self._buffers)])
@@ -156,7 +166,7 @@ class InplaceEvaluator:
                 if draw != current_draw:
                     eps = source.next()
                     if self.cache_noise:
-                        cache[draw] = eps
+                        cache[draw] = eps.cached if isinstance(eps, DrawRef) else eps
                     current_draw = draw
                 self.params.load_perturbed(eps, sign * self.settings.sigma)
                 rewards.append(float(fitness()))
@@ -227,12 +237,19 @@ EVALUATORS = {"inplace": InplaceEvaluator, "lowrank": LowRankEvaluator}
 
 
 def build_noise(es_cfg: Mapping[str, Any], params: FlatParams) -> Noise:
-    """The noise definition follows the evaluator: low-rank for `lowrank`, else es.noise (iid | correlated)."""
+    """The noise definition follows the evaluator: low-rank for `lowrank` (factors from torch's host sampler,
+    or Philox on the weights' device with es.noise=philox), else es.noise (iid | correlated | philox | auto,
+    resolved for the weights' device by resolve_noise_mode)."""
+    setting = str(es_cfg.get("noise", "iid"))
+    if setting not in NOISE_SETTINGS:
+        raise EsftError(f"es.noise must be one of {', '.join(NOISE_SETTINGS)} (got {setting!r})")
+    mode = resolve_noise_mode(setting, params.device)
     if str(es_cfg.get("evaluator", "inplace")) == "lowrank":
-        if str(es_cfg.get("noise", "iid")) != "iid":
-            raise EsftError("es.evaluator=lowrank defines its own noise; leave es.noise=iid")
-        return LowRankNoise(params.shapes, es_cfg.get("rank", 1), bool(es_cfg.get("freeze_nonmatrix", False)))
-    return NoiseGenerator(params.sizes, params.shapes, str(es_cfg.get("noise", "iid")))
+        if mode not in ("iid", "philox"):
+            raise EsftError("es.evaluator=lowrank draws its own low-rank noise; es.noise may be iid, philox or auto")
+        return LowRankNoise(params.shapes, es_cfg.get("rank", 1), bool(es_cfg.get("freeze_nonmatrix", False)),
+                            factors=mode, device=params.device)
+    return NoiseGenerator(params.sizes, params.shapes, mode)
 
 
 #: es.cache_noise=auto keeps the step's full-rank noise draws only while they take at most this many bytes

@@ -6,7 +6,7 @@ for bit (same noise streams, same fp32 operations in the same order). The `stage
 weights at the first step of each stage, exactly as in training.
 
 `apply_step` is the one function that turns a step's seeds and coefficients into new weights; the live trainer
-calls it too. Each row names its noise definition (`noise`: iid | correlated | lowrank, plus `chunk` for iid
+calls it too. Each row names its noise definition (`noise`: iid | correlated | philox | lowrank, plus `chunk` for iid
 and `rank` and `freeze_nonmatrix` for lowrank), so `noise_from_row` rebuilds the generator the run used; rows
 written before those fields existed are iid with one stream per tensor.
 """
@@ -31,7 +31,9 @@ def noise_from_row(row: Mapping[str, Any], shapes: Sequence[tuple[int, ...]]) ->
     """The noise generator a logged step was drawn from, for parameters of the given shapes."""
     mode = row.get("noise", "iid")
     if mode == "lowrank":
-        return LowRankNoise(shapes, int(row["rank"]), bool(row["freeze_nonmatrix"]))
+        return LowRankNoise(shapes, int(row["rank"]), bool(row["freeze_nonmatrix"]), str(row.get("factors", "iid")))
+    if mode == "philox":
+        return NoiseGenerator([int(torch.Size(s).numel()) for s in shapes], shapes, "philox")
     chunk = row.get("chunk")  # absent in rows written before chunked streams: one stream per tensor
     return NoiseGenerator([int(torch.Size(s).numel()) for s in shapes], shapes, mode,
                           chunk=int(chunk) if chunk is not None else None)
@@ -46,6 +48,8 @@ def apply_step(theta: torch.Tensor, anchor: torch.Tensor, noise: Noise, seeds: S
     rank's own; the others are regenerated, which gives the same numbers."""
     strength = settings.alpha * awd_lambda
     cached = cache or {}
+    if getattr(noise, "portable", False):
+        return _portable_step(theta, anchor, noise, seeds, coefficients, settings, awd_kind, strength, cached)
     if isinstance(noise, LowRankNoise):
         draws = [cached[d] if d in cached else noise.draw(seed) for d, seed in enumerate(seeds)]
         return apply_lowrank_step(theta, anchor, noise, seeds, coefficients,
@@ -64,6 +68,43 @@ def apply_step(theta: torch.Tensor, anchor: torch.Tensor, noise: Noise, seeds: S
         apply_update(block, direction, settings)
         apply_awd(block, anchor[part], awd_kind, strength)
         squared += float(torch.linalg.vector_norm(block - before)) ** 2
+    return squared ** 0.5
+
+
+#: elements per block of the portable (philox) update: 16 MB of fp32 per buffer, three buffers
+PORTABLE_BLOCK = 1 << 22
+
+
+def _portable_step(theta: torch.Tensor, anchor: torch.Tensor, noise: NoiseGenerator, seeds: Sequence[int],
+                   coefficients: Sequence[float], settings: ESSettings, awd_kind: str, strength: float,
+                   cached: Mapping[int, Any]) -> float:
+    """apply_step for philox noise, on theta's device, one block of PORTABLE_BLOCK numbers at a time:
+
+        d = sum_k (c_k * eps_k)   (draw order),   theta += (alpha / N) * d,   then AWD
+
+    each product and each sum a separately rounded fp32 operation (no FMA, whose use differs between CPU
+    vector and scalar paths and GPUs), and every eps_k block drawn where theta lives. Elementwise, the result
+    does not depend on the block size, so live, resumed and replayed steps agree bit for bit on any device.
+    Besides theta it holds three blocks (noise, direction, previous weights): no D-sized buffer."""
+    rate = settings.alpha / settings.population_size
+    size = min(PORTABLE_BLOCK, noise.numel)
+    eps, direction, previous = (torch.empty(size, device=theta.device) for _ in range(3))
+    squared = 0.0
+    for start in range(0, noise.numel, size):
+        stop = min(noise.numel, start + size)
+        n = stop - start
+        total = direction[:n].zero_()
+        for draw, coefficient in enumerate(coefficients):
+            if coefficient == 0.0:
+                continue
+            values = cached[draw][start:stop] if draw in cached else noise.span(seeds[draw], start, stop, eps[:n])
+            total.add_(torch.mul(values, float(coefficient), out=eps[:n]))  # eps[:n] may be `values` itself
+        block = theta[start:stop]
+        before = previous[:n].copy_(block)
+        block.add_(total.mul_(rate))
+        apply_awd(block, anchor[start:stop], awd_kind, strength)
+        before.sub_(block)
+        squared += float(torch.dot(before, before))
     return squared ** 0.5
 
 

@@ -109,9 +109,12 @@ class ESTrainer:
 
     # -- checkpoints -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
-        state = {"master": self.params.master.detach().cpu().clone()}
+        """The tensors a checkpoint saves. On a CPU they are the live master (and anchor) themselves, not
+        copies: the checkpoint is written synchronously before the next step changes them, and a 7B master
+        is 28 GB (one copy from a device is unavoidable: the file is written from host memory)."""
+        state = {"master": self.params.master.detach().cpu()}
         if self.awd_anchor == "stage":
-            state["anchor"] = self.anchor.detach().cpu().clone()
+            state["anchor"] = self.anchor.detach().cpu()
         return state
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor], stage: int) -> None:
