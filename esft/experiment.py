@@ -10,7 +10,6 @@ Everything goes to the run dir (esft/rundir.py); nothing exists only on screen.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import logging
@@ -20,18 +19,21 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from esft.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from esft import distributed
+from esft.checkpoint import checkpoint_dirs, find_resumable, latest_checkpoint, save_checkpoint
 from esft.curriculum import Stage, build_eval_tasks, build_stages
 from esft.diagnostics import build_off_task_kl
 from esft.errors import EsftError
 from esft.evaluation import Evaluator
-from esft.faults import fault_point
+from esft.faults import fault_point, write_failure
+from esft.locks import FileLock
 from esft.policy import Policy
 from esft.progress import RunDisplay
 from esft.rundir import (
     DIAGNOSTICS_FILE,
     EVALS_FILE,
     FINAL_MODEL_DIR,
+    LOCK_FILE,
     METRICS_FILE,
     REPLAY_FILE,
     RUN_INFO_FILE,
@@ -40,13 +42,29 @@ from esft.rundir import (
     repair_jsonl,
     write_json_atomic,
 )
-from esft.trainers import build_trainer, validate_method_config
+from esft.tracking import JsonlLogger, open_loggers
+from esft.settings import RunSettings
+from esft.trainers import build_trainer
 
 log = logging.getLogger("esft")
 
 # Keys that may change between a run and its resumption without changing what it computes.
 _VOLATILE_KEYS = ("progress", "checkpoint", "hydra", "distributed")  # distributed: same weights on any world size
 _LOGS = (METRICS_FILE, EVALS_FILE, DIAGNOSTICS_FILE, REPLAY_FILE)
+
+
+def _count(value: Any, key: str) -> int:
+    """A log row's step or stage as an int; a row without a usable one cannot be placed, so it is refused."""
+    if type(value) is int and value >= 0:
+        return value
+    if type(value) is float and value.is_integer() and value >= 0:
+        return int(value)
+    raise ValueError(f"{key} is {value!r}")
+
+
+def _position(row: dict[str, Any]) -> tuple[int, int]:
+    """(step, stage) of a log row; stage defaults to 0 as in single-stage rows of older runs."""
+    return _count(row.get("step"), "step"), _count(row.get("stage", 0), "stage")
 
 
 def config_fingerprint(cfg: dict[str, Any]) -> str:
@@ -71,7 +89,7 @@ class StageHooks:
         """Write the step's metrics row, show it, and score every task when `eval.every` divides the step."""
         exp = self.experiment
         metrics["wall_time"] = round(time.time() - exp.started, 3)
-        exp.writers[METRICS_FILE].write(metrics)
+        exp.logger.log_metrics(metrics)  # metrics.jsonl + trackers (esft/tracking)
         exp.display.step(metrics)
         if step != self.stage.last_step and exp.every and step % exp.every == 0:
             exp._evaluate(step, self.stage.index, "periodic")
@@ -98,18 +116,22 @@ class Experiment:
 
     # -- setup -----------------------------------------------------------------------------------------
     def setup(self) -> None:
-        validate_method_config(self.method, self.cfg)
+        self.settings = RunSettings.from_config(self.cfg)  # every value checked once (esft/settings.py)
         self.stages: list[Stage] = build_stages(self.cfg)
         self.tasks, self.roles = build_eval_tasks(self.cfg, self.stages)
         self.policy = Policy.from_config(self.cfg["model"], policy_cfg=self.cfg.get("policy"))
         eval_cfg = self.cfg.get("eval", {})
         self.evaluator = Evaluator(self.policy, self.tasks, self.roles, int(eval_cfg.get("batch_size", 256)),
-                                   eval_cfg.get("size"))
+                                   eval_cfg.get("size"), str(eval_cfg.get("scoring", "generate")),
+                                   str(eval_cfg.get("loglik_metric", "acc_norm")),
+                                   int(eval_cfg.get("loglik_batch_size", 64)))
         self.trainer = build_trainer(self.method, self.policy, self.cfg,
                                      lambda row: self.writers[REPLAY_FILE].write(row))
         self.off_task_kl = build_off_task_kl(self.policy, self.cfg, self.tasks, self.roles, self.trainer)
         self.start_step = self._resume()  # repairs the logs before they are reopened for appending
         self.writers = {name: self.run.writer(name) for name in _LOGS}
+        self.logger = open_loggers(self.cfg, self.run, JsonlLogger(self.writers), getattr(self, "job", None),
+                                   main_process=distributed.is_main())
         self._write_run_info()
 
     def _write_run_info(self) -> None:
@@ -122,27 +144,48 @@ class Experiment:
         })
 
     def _resume(self) -> int:
-        """Continue after the newest checkpoint: reload weights, drop log rows written after it."""
+        """Continue after the newest complete checkpoint: reload weights, drop log rows written after it.
+
+        `find_resumable` verifies the checkpoint it returns and falls back past corrupt ones by itself (moving
+        them aside); only when no complete checkpoint exists does the run start over, with a warning if there
+        were broken ones. Torchrun followers make the same choice read-only (rank 0 alone repairs).
+        """
         info_path = self.run.path(RUN_INFO_FILE)
-        checkpoint = latest_checkpoint(self.run.checkpoints)
-        if checkpoint is None:
+        owner = distributed.is_main()
+        if checkpoint_dirs(self.run.checkpoints) and info_path.exists():
+            try:
+                fingerprint = read_json(info_path).get("config_fingerprint")
+            except (OSError, ValueError, AttributeError):
+                fingerprint = None  # an unreadable run.json is rewritten by setup; the checkpoints decide
+            if fingerprint is not None and fingerprint != config_fingerprint(self.cfg):
+                raise EsftError(f"run dir {self.run.root} was made by a different config; "
+                                "resume with the same overrides or choose a new hydra.run.dir")
+        found = find_resumable(self.run.checkpoints, getattr(self.trainer, "num_parameters", None),
+                               repair=owner, warn=log.warning)
+        if found is None:
+            self.resumed_from = 0
             self._repair_logs(keep=lambda row: False)  # killed before its first checkpoint: start over cleanly
             return 0
-        if info_path.exists() and read_json(info_path).get("config_fingerprint") != config_fingerprint(self.cfg):
-            raise EsftError(f"run dir {self.run.root} was made by a different config; "
-                            "resume with the same overrides or choose a new hydra.run.dir")
-        tensors, state = load_checkpoint(checkpoint)
-        step, stage = int(state["step"]), int(state["stage"])
-        self.trainer.load_state_dict(tensors, stage)
-        done = lambda row: row.get("step", 0) < step or (row.get("step") == step and row.get("stage", 0) <= stage)
+        step, stage = found.step, found.stage
+        self.trainer.load_state_dict(found.tensors, stage)
+        del found  # the checkpoint's tensors are copied into the trainer: free them before training
+
+        def done(row: dict[str, Any]) -> bool:
+            row_step, row_stage = _position(row)
+            return row_step < step or (row_step == step and row_stage <= stage)
+
+        self.resumed_from = step
         self._repair_logs(keep=done)
         log.info("resuming %s from checkpoint at step %d", self.run.root, step)
         return step
 
     def _repair_logs(self, keep) -> None:
-        """Drop log rows that `keep` rejects (rows after the resumed checkpoint); torchrun followers skip it."""
-        for name in _LOGS:
-            repair_jsonl(self.run.path(name), keep=keep)
+        """Drop log rows that `keep` rejects (rows after the resumed checkpoint) and unusable lines, nothing
+        else; torchrun followers skip it."""
+        for index, name in enumerate(_LOGS):
+            repair_jsonl(self.run.path(name), keep=keep, warn=log.warning)
+            if index == 0:
+                fault_point("resume_repair", self.resumed_from)
 
     # -- train -----------------------------------------------------------------------------------------
     def train(self) -> None:
@@ -176,14 +219,13 @@ class Experiment:
 
     def _evaluate(self, step: int, stage: int, event: str) -> None:
         rows = self.evaluator.evaluate()
-        for row in rows:
-            self.writers[EVALS_FILE].write({"step": step, "stage": stage, "stage_task": self.stages[stage].task.name,
-                                            "event": event, **row})
+        self.logger.log_evals([{"step": step, "stage": stage, "stage_task": self.stages[stage].task.name,
+                                "event": event, **row} for row in rows])
         eval_cfg = self.cfg.get("eval", {})
         diagnostics = self.trainer.diagnostics(bool(eval_cfg.get("layer_distances", True)))
         if self.off_task_kl is not None:
             diagnostics["kl_to_base"] = self.off_task_kl.measure(self.trainer.reference_weights)
-        self.writers[DIAGNOSTICS_FILE].write({"step": step, "stage": stage, "event": event, **diagnostics})
+        self.logger.log_diagnostics({"step": step, "stage": stage, "event": event, **diagnostics})
         self.display.evals(step, event, rows)
 
     def _checkpoint(self, step: int, stage: int) -> None:
@@ -199,40 +241,95 @@ class Experiment:
         self.run.set_status("done", step=self.stages[-1].last_step, stage=len(self.stages) - 1, message="")
 
     def close(self) -> None:
+        if getattr(self, "logger", None) is not None:  # trackers get the final state status.json now holds
+            self.logger.close(str((self.run.status() or {}).get("state", "failed")))
         for writer in getattr(self, "writers", {}).values():
             writer.close()
 
-    def _mark_failed(self, message: str) -> None:
+    def _mark_failed(self, message: str) -> bool:
+        """Record the failure in status.json; False when even that cannot be written (full or read-only disk),
+        in which case the caller's one-line error on stderr is the only record."""
         try:
             self.run.set_status("failed", message=message)
-        except OSError:  # e.g. the disk is still full: the error itself reaches the user anyway
-            log.error("could not record the failure in status.json")
+            return True
+        except OSError as exc:
+            log.error("could not record the failure in status.json (%s)", exc.strerror or exc)
+            return False
+
+    def _lock_run_dir(self) -> FileLock | None:
+        """Hold `run.lock` for the whole run, so a second `esft train` on this dir refuses instead of
+        interleaving its rows with ours. flock dies with its process, so a kill -9 never leaves it stale.
+        Torchrun followers take no lock: rank 0 holds it for all of them."""
+        if not distributed.is_main():
+            return None
+        lock = FileLock(self.run.path(LOCK_FILE))
+        try:
+            acquired = lock.try_acquire()
+        except OSError as exc:
+            raise EsftError(self._write_failure_message(exc) or
+                            f"cannot lock the run dir {self.run.root}: {exc.strerror or exc}") from None
+        if not acquired:
+            raise EsftError(f"run dir {self.run.root} is in use by {lock.holder()} (another `esft train` on the "
+                            "same dir); wait for it to finish or choose another hydra.run.dir")
+        return lock
+
+    def _write_failure_message(self, exc: BaseException) -> str | None:
+        """One line for a full disk or an unwritable run dir (whatever library raised it); None for anything
+        else. Both keep the last complete checkpoint, so the fix is to repair the disk and resume."""
+        failure = write_failure(exc)
+        if failure is None:
+            return None
+        kind, filename = failure
+        try:
+            latest = latest_checkpoint(self.run.checkpoints)
+        except OSError:
+            latest = None
+        resume = f"the last complete checkpoint is {latest.name if latest else 'none'}; "
+        if kind == "disk_full":
+            return (f"disk full while writing {filename or 'the run dir'}; {resume}"
+                    f"free space, then `esft train --resume {self.run.root}`")
+        reason = getattr(exc, "strerror", None) or "read-only or permission denied"
+        return (f"cannot write {filename or f'to the run dir {self.run.root}'} ({reason}); {resume}"
+                f"make the run dir writable, then `esft train --resume {self.run.root}`")
 
     def run_all(self) -> Path:
-        """setup -> train -> finish; a finished run dir is left untouched."""
+        """setup -> train -> finish under the run dir's lock; a finished run dir is left untouched.
+
+        Every ending leaves status.json saying what happened: done, or failed with the one-line message the
+        user also sees (a full disk and an unwritable run dir included, though safetensors and torch report
+        them as their own exception types), or, when status.json itself cannot be written, that line on stderr.
+        """
+        lock = self._lock_run_dir()
+        try:
+            return self._run_locked()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _run_locked(self) -> Path:
         status = self.run.status() or {}
         if status.get("state") == "done" and self.run.path(FINAL_MODEL_DIR).exists():
             log.info("run %s is already done; nothing to do", self.run.root)
             return self.run.root
         self.started = time.time()
-        self.run.set_status("running", step=0, stage=0, message="")
         try:
+            self.run.set_status("running", step=0, stage=0, message="")
             self.setup()
             self.train()
             self.finish()
-        except OSError as exc:
-            if exc.errno != errno.ENOSPC:
-                self._mark_failed(f"{type(exc).__name__}: {exc}")
-                raise
-            latest = latest_checkpoint(self.run.checkpoints) if self.run.checkpoints.exists() else None
-            message = (f"disk full while writing {exc.filename or 'the run dir'}; the last complete checkpoint is "
-                       f"{latest.name if latest else 'none'}; free space, then `esft train --resume {self.run.root}`")
-            self._mark_failed(message)
-            raise EsftError(message) from None
         except BaseException as exc:
+            plain = isinstance(exc, (EsftError, KeyboardInterrupt, SystemExit))
+            message = None if plain else self._write_failure_message(exc)
+            if message is not None:
+                if not self._mark_failed(message):
+                    message += " (status.json could not be updated either)"
+                raise EsftError(message) from None
             message = str(exc) if isinstance(exc, EsftError) else f"{type(exc).__name__}: {exc}"
             self._mark_failed("interrupted" if isinstance(exc, KeyboardInterrupt) else message)
             raise
         finally:
-            self.close()
+            try:
+                self.close()
+            except OSError:  # flushing a writer on a full disk: the error above already says so
+                pass
         return self.run.root

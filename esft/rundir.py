@@ -15,19 +15,22 @@ Everything a run knows ends up here; `esft drift-report` reads nothing else. Fil
     es_updates.jsonl       the ES replay log: per step the member seeds, coefficients, alpha, sigma, AWD settings
     checkpoints/step_XXXXXXX/   master weights (safetensors) + trainer state; `checkpoints/latest` names the newest
     final_model/           save_pretrained (safetensors) + tokenizer, loadable with AutoModelForCausalLM
+    run.lock               held (fcntl) by the training process while it runs, so a second one refuses
 
 JSONL files are append-only and flushed per row, so a killed run loses at most the row being written; a torn
-last line is dropped on resume (`repair_jsonl`). Small JSON files are written atomically (temp file + rename).
+last line is dropped on resume (`repair_jsonl`, which keeps every other valid row). Small JSON files are written
+atomically (temp file + rename).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +43,9 @@ REPLAY_FILE = "es_updates.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
 FINAL_MODEL_DIR = "final_model"
 HYDRA_CONFIG = ".hydra/config.yaml"
+LOCK_FILE = "run.lock"
+
+_log = logging.getLogger("esft")
 
 
 def _json_default(value: Any) -> Any:
@@ -118,33 +124,76 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return list(iter_jsonl(path)) if path.exists() else []
 
 
-def repair_jsonl(path: Path, keep: Any = None) -> int:
-    """Drop a torn (unterminated or unparsable) tail and, if `keep` is given, rows for which keep(row) is False.
+_WARN_LINES = 5  # per file: a file of junk gets five line-level warnings and a count, not thousands
+
+
+def _parse_row(raw: bytes) -> dict[str, Any] | None:
+    """The row on one line, or None when the line is not a UTF-8 JSON object (binary junk, a torn write)."""
+    try:
+        row = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return None
+    return row if isinstance(row, dict) else None
+
+
+def repair_jsonl(path: Path, keep: Callable[[dict[str, Any]], bool] | None = None,
+                 warn: Callable[[str], None] | None = None) -> int:
+    """Keep every valid row for which keep(row) is true; skip only what cannot be a row. Returns rows kept.
 
     Used on resume so every step appears exactly once: rows written after the checkpoint we resume from are
-    removed and will be written again. Returns the number of rows kept.
+    removed (they will be written again). Everything else that parses survives: a complete last row that lost
+    only its newline to a kill is kept (the newline is added), a torn last line is dropped, and a corrupt line
+    in the middle (a disk error, a hand edit) costs that line alone, never the valid rows after it. Each
+    skipped line gets a warning naming the file and line; `keep` raising TypeError/ValueError marks a row
+    without a usable position (e.g. "step": 1e999), which is skipped the same way. Kept rows are copied byte
+    for byte, so a resumed run's logs equal an uninterrupted run's. The file is rewritten (atomically) only
+    when something changed.
     """
     if not path.exists():
         return 0
-    kept: list[str] = []
-    with open(path) as handle:
-        for line in handle:
-            if not line.endswith("\n"):
-                break  # torn last line
+    warn = warn or _log.warning
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    kept: list[bytes] = []
+    skipped = 0
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        torn_tail = number == len(lines)  # the last piece has no newline after it
+        row = _parse_row(raw)
+        why = "is cut short (the row being written when the run stopped)" if torn_tail else "is not a JSON object"
+        if row is not None:
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                break
-            if keep is None or keep(row):
-                kept.append(line)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        handle.writelines(kept)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+                if keep is not None and not keep(row):
+                    continue
+            except (TypeError, ValueError) as exc:
+                row, why = None, f"has no usable position ({exc})"
+        if row is None:
+            skipped += 1
+            if skipped <= _WARN_LINES:
+                warn(f"{path}: line {number} {why}; skipped that line, kept the rest")
+            continue
+        kept.append(raw + b"\n")
+    if skipped > _WARN_LINES:
+        warn(f"{path}: {skipped} unusable lines skipped in all")
+    repaired = b"".join(kept)
+    if repaired != data:
+        _replace_bytes(path, repaired)
     return len(kept)
+
+
+def _replace_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 class RunDir:

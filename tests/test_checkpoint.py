@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import esft.checkpoint as checkpoint
-from esft.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from esft.checkpoint import CorruptCheckpoint, latest_checkpoint, load_checkpoint, save_checkpoint
 from esft.errors import EsftError
 
 
@@ -38,12 +38,36 @@ def test_truncated_checkpoint_is_a_one_line_error(tmp_path):
     path = save_checkpoint(tmp_path, 1, {"master": torch.ones(1000)}, {"stage": 0})
     weights = path / "weights.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
-    with pytest.raises(EsftError, match="corrupt checkpoint .*delete it to resume from an earlier one"):
+    with pytest.raises(CorruptCheckpoint, match=r"corrupt checkpoint .*step_0000001: weights.safetensors: ") as info:
         load_checkpoint(path)
+    assert isinstance(info.value, EsftError) and "\n" not in str(info.value)
 
 
-def test_dangling_latest_pointer_is_reported(tmp_path):
+def test_dangling_latest_pointer_falls_back_to_the_newest_step_dir(tmp_path):
     save_checkpoint(tmp_path, 1, {"master": torch.ones(2)}, {"stage": 0})
     (tmp_path / "latest").write_text("step_0000009\n")
-    with pytest.raises(EsftError, match="corrupt checkpoint pointer"):
-        latest_checkpoint(tmp_path)
+    assert latest_checkpoint(tmp_path).name == "step_0000001"
+    (tmp_path / "latest").unlink()
+    assert latest_checkpoint(tmp_path).name == "step_0000001"
+    assert latest_checkpoint(tmp_path / "missing") is None
+
+
+def test_disk_full_raised_by_safetensors_itself_is_recognised(tmp_path, monkeypatch):
+    """safetensors reports ENOSPC as its own SafetensorError (not an OSError); the save still cleans up and
+    the run's handler still recognises a full disk from it."""
+    from safetensors import SafetensorError
+
+    from esft.faults import write_failure
+
+    save_checkpoint(tmp_path, 1, {"master": torch.ones(4)}, {"stage": 0})
+    error = SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    def full_disk(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(checkpoint, "save_file", full_disk)
+    with pytest.raises(SafetensorError) as info:
+        save_checkpoint(tmp_path, 2, {"master": torch.zeros(4)}, {"stage": 0})
+    assert write_failure(info.value) == ("disk_full", None)
+    assert latest_checkpoint(tmp_path).name == "step_0000001"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
