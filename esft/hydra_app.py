@@ -34,8 +34,10 @@ _FAILED_JOBS: list[str] = []  # run dirs of sweep jobs that failed; the sweep go
 
 def train_job(cfg: DictConfig) -> None:
     from esft.distributed_run import make_experiment
+    from esft.threads import configure_threads, launcher_parallelism
 
     hydra_cfg = HydraConfig.get()
+    configure_threads(launcher_parallelism(hydra_cfg))  # before any model exists: see esft/threads.py
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     try:
@@ -59,6 +61,7 @@ def run_hydra(args: list[str]) -> None:
 
     from esft.config_check import check_train_args
     from esft.distributed_run import prepare_args
+    from esft.locks import refuse_busy_run_dir
 
     try:
         args = prepare_args(args)  # torchrun: join the process group, agree on one run dir
@@ -68,6 +71,7 @@ def run_hydra(args: list[str]) -> None:
     if not any(flag in args for flag in ("--hydra-help", "--help", "-h")):
         try:
             check_train_args(args, conf_dir())
+            refuse_busy_run_dir(args)
         except EsftError as exc:
             print(f"esft: error: {exc}", file=sys.stderr)
             sys.exit(2)

@@ -288,16 +288,50 @@ def load_or_build_tiny(
     tiny_cfg = model_cfg["tiny"]
     key = cache_key(tiny_cfg)
     final = Path(str(model_cfg["cache_dir"])).expanduser() / "tiny" / key[:16]
+    cached = _load_if_cached(final, log, repair=False)  # the common case needs no lock: entries appear by rename
+    if cached is not None:
+        return cached
+    with _build_lock(final, log):  # two first runs at once (a parallel sweep) warm up once, not twice
+        cached = _load_if_cached(final, log, repair=True)  # built by the process we waited for?
+        if cached is not None:
+            return cached
+        return _warm_up_and_cache(tiny_cfg, final, key, log)
+
+
+@contextmanager
+def _build_lock(final: Path, log: Log) -> Iterator[None]:
+    """Hold `.<key>.lock` beside the cache entry while building it; say so when another process holds it."""
+    from esft.locks import FileLock
+
+    lock = FileLock(final.parent / f".{final.name}.lock")
+    lock.acquire(on_wait=lambda holder: log(
+        f"waiting for {holder} to finish warming up the tiny model (lock {lock.path}); it is loaded from the "
+        "cache afterwards"))
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _load_if_cached(final: Path, log: Log, repair: bool
+                    ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict[str, Any]] | None:
+    """The cached entry, or None; with `repair` (only under the build lock) a corrupt entry is removed."""
     if final.exists():
         try:
             result = _load_cached(final)
         except Exception as err:  # any failure to read the cache means "rebuild it", never "crash the run"
+            if not repair:
+                return None
             why = f"{type(err).__name__}: {err}"
             log(f"the tiny-model cache at {final} is corrupt or incomplete ({why}); rebuilding it")
             shutil.rmtree(final, ignore_errors=True)
         else:
             log(f"loaded the warmed-up tiny model from cache: {final}")
             return result
+    return None
+
+
+def _warm_up_and_cache(tiny_cfg: Mapping[str, Any], final: Path, key: str, log: Log):
     estimate = _SECONDS_PER_EXAMPLE * int(tiny_cfg["warmup"]["steps"]) * int(tiny_cfg["warmup"]["batch_size"])
     log(f"warming up the tiny model once (~{max(1, round(estimate))} s); cached at {final}")
     model, tokenizer, metrics = _build_and_publish(tiny_cfg, final, key, log)
