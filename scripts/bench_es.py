@@ -8,6 +8,8 @@ For each workload, in ONE process, on the same model, prompts and generation len
   inplace, lowrank   esft's ES step (ESTrainer.step: evaluate, shape, update, AWD, replay-log row) on its fastest
   lowrank-frozen     exact scoring path (StepFitness); lowrank-frozen = lowrank with es.freeze_nonmatrix=true;
   inplace-uncached   inplace with es.cache_noise=false (draws regenerated for the update: less memory)
+  inplace-philox     inplace with es.noise=philox (portable noise drawn on the weights' device); -uncached: and
+                     es.cache_noise=false (one block of noise at a time: the memory floor)
   inference-seq      pure inference of the same work on esft's scoring path, unperturbed weights: one call per
   inference-batched  member (seq), or all members' prompts stacked in one call (batched); the faster is the ceiling
 Reported: member-evaluations per second, the ratios to the reference and to the ceiling, and memory (peak RSS,
@@ -168,11 +170,11 @@ class ReferenceES:
             p.sub_(p0).mul_(1 - ALPHA * AWD_LAMBDA).add_(p0)
 
 
-def esft_method(evaluator: str, freeze: bool = False, cache_noise: bool = True) -> Callable:
+def esft_method(evaluator: str, freeze: bool = False, cache_noise: bool = True, noise: str = "iid") -> Callable:
     def setup(policy: Policy, task: BenchTask, members: int, batch_size: int):
         es = {"population_size": members, "sigma": SIGMA, "alpha": ALPHA, "antithetic": True, "shaping": "zscore",
               "evaluator": evaluator, "rank": 1, "freeze_nonmatrix": freeze, "prompts_per_step": None,
-              "cache_noise": cache_noise, "noise": "iid"}
+              "cache_noise": cache_noise, "noise": noise}
         trainer = ESTrainer(policy, es, {"kind": "l2", "lambda": AWD_LAMBDA, "anchor": "start"}, seed=0,
                             replay_log=lambda row: None, batch_size=batch_size)
         trainer.set_stage(0, task)
@@ -196,6 +198,8 @@ METHODS = {  # name -> (setup, batched over members)
     "reference": (lambda policy, task, members, batch_size: ReferenceES(policy, task, members).step, False),
     "inplace": (esft_method("inplace"), False),
     "inplace-uncached": (esft_method("inplace", cache_noise=False), False),
+    "inplace-philox": (esft_method("inplace", noise="philox"), False),
+    "inplace-philox-uncached": (esft_method("inplace", cache_noise=False, noise="philox"), False),
     "lowrank": (esft_method("lowrank"), True),
     "lowrank-frozen": (esft_method("lowrank", freeze=True), True),
     "inference-seq": (inference_method(False), False),

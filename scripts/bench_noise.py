@@ -10,6 +10,11 @@ its parameter shapes are used, nothing is allocated but the D-sized output.
     python scripts/bench_noise.py                       # bench_es.py gpu05b shapes (Qwen2-0.5B); 1 thread, all cores
     python scripts/bench_noise.py --model qwen2.5-1.5b  # the qwen2.5-1.5b preset's architecture (needs 6 GB)
     python scripts/bench_noise.py --json                # last line: one JSON object
+    python scripts/bench_noise.py --philox [--compile]  # es.noise=philox: throughput vs torch.randn, full draw
+
+With --philox it measures the portable generator (esft/es/philox.py) instead: ns a number for torch.randn and
+for Philox (eager, and compiled with --compile) at 1 thread and --threads threads on 4M numbers, then one full
+philox draw of the model's shapes. With --device cuda the same on the GPU (synchronised timings).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import time
 import torch
 from bench_es import WORKLOADS  # scripts/ is on the path when a script in it runs
 
+from esft.es import philox
 from esft.es.noise import NoiseGenerator, member_seed
 from esft.models.tiny import _ARCHITECTURES, EOS_ID, PAD_ID, model_config
 
@@ -51,14 +57,77 @@ def seconds_per_draw(noise: NoiseGenerator, out: torch.Tensor, threads: int, rep
     return best
 
 
+def _timed(call, device: torch.device, repeats: int) -> float:
+    """Best wall time of `call` over `repeats` runs after one warm-up (synchronised on CUDA)."""
+    call()
+    best = float("inf")
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        began = time.perf_counter()
+        call()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - began)
+    return best
+
+
+def philox_rows(sizes: list[int], threads: int, repeats: int, compiled: bool, device: torch.device,
+                full_draw: bool = True) -> dict[str, float]:
+    """ns a number of torch.randn and Philox (eager / compiled), then seconds of one full philox draw."""
+    numbers = 1 << 22
+    out = torch.empty(numbers, device=device)
+    rows: dict[str, float] = {}
+    kinds = [("eager", False)] + ([("compiled", True)] if compiled else [])
+    for count in sorted({1, threads}):
+        torch.set_num_threads(count)
+        label = f"{count} thread{'s' if count > 1 else ''}" if device.type == "cpu" else device.type
+        rows[f"torch.randn, {label} (ns/number)"] = _timed(
+            lambda: torch.randn(numbers, out=out), device, repeats) / numbers * 1e9
+        for kind, flag in kinds:
+            began = time.perf_counter()
+            philox.normals(1, 0, 0, out, compiled=flag)  # first call: compiles
+            if flag:
+                rows[f"philox compile time, {label} (s)"] = time.perf_counter() - began
+            rows[f"philox {kind}, {label} (ns/number)"] = _timed(
+                lambda flag=flag: philox.normals(2, 0, 0, out, compiled=flag), device, repeats) / numbers * 1e9
+    if full_draw:
+        noise = NoiseGenerator(sizes, mode="philox")
+        flat = torch.zeros(sum(sizes), device=device)  # touched: page faults are not the generator's
+        for count in sorted({1, threads}):
+            torch.set_num_threads(count)
+            label = f"{count} thread{'s' if count > 1 else ''}" if device.type == "cpu" else device.type
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            began = time.perf_counter()  # one draw: tens of seconds on a CPU, the kernels are already warm
+            noise.flat(member_seed(0, 1, 0), out=flat)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            rows[f"philox full draw, {label} (s)"] = time.perf_counter() - began
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="qwen2-0.5b", choices=sorted(SHAPES))
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="the multi-threaded run's threads")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    parser.add_argument("--philox", action="store_true", help="measure es.noise=philox instead of iid")
+    parser.add_argument("--compile", action="store_true", help="with --philox: also the torch.compile kernel")
+    parser.add_argument("--device", default="cpu", help="with --philox: where to draw (cpu | cuda)")
+    parser.add_argument("--no-full-draw", action="store_true", help="with --philox: skip the full-model draw")
     args = parser.parse_args(argv)
     sizes = parameter_sizes(args.model)
+    if args.philox:
+        rows = philox_rows(sizes, args.threads, args.repeats, args.compile, torch.device(args.device),
+                           not args.no_full_draw)
+        print(f"{args.model}: D = {sum(sizes):,}; best of {args.repeats}, {os.cpu_count()} cores")
+        for label, value in rows.items():
+            print(f"  {label:44s} {value:8.3f}")
+        if args.json:
+            print(json.dumps({"model": args.model, "numel": sum(sizes), "philox": rows}))
+        return 0
     out = torch.empty(sum(sizes))
     rows = {}
     for label, chunk in (("chunked", NoiseGenerator(sizes).chunk), ("unchunked", None)):
