@@ -1,0 +1,28 @@
+"""Fixtures of the tracker tests: no network, and one tiny run logged to every tracker at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tracking_helpers import ALL_TRACKERS, run_tiny
+
+
+@pytest.fixture(autouse=True)
+def _no_tracker_network(monkeypatch):
+    """No test may reach a server: W&B offline and quiet, MLflow to its local default store."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+@pytest.fixture(scope="module")
+def tracked_run(tmp_path_factory) -> Path:
+    """One finished tiny run logged to TensorBoard, W&B and MLflow at once."""
+    run_dir = tmp_path_factory.mktemp("tracked") / "run"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("WANDB_MODE", "offline")
+        patch.setenv("WANDB_SILENT", "true")
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        run_tiny(run_dir, ALL_TRACKERS)
+    return run_dir
