@@ -8,6 +8,7 @@ Every curriculum task is scored at every checkpoint (role `curriculum`), plus th
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,8 @@ from typing import Any
 from esft.errors import EsftError
 from esft.tasks.base import Task
 from esft.tasks.registry import build_task, task_name
+
+log = logging.getLogger("esft")
 
 
 @dataclass
@@ -59,7 +62,9 @@ def build_stages(cfg: Mapping[str, Any]) -> list[Stage]:
     specs.append((cfg["task"], default_steps))
     stages, next_step = [], 1
     for index, (spec, steps) in enumerate(specs):
-        stages.append(Stage(index, build_task(spec, data_dir=data_dir, seed=seed), steps, next_step))
+        task = fit_to_context(build_task(spec, data_dir=data_dir, seed=seed), spec, model_context(cfg),
+                              "task.max_new_tokens" if index == len(specs) - 1 else "prior.tasks[].max_new_tokens")
+        stages.append(Stage(index, task, steps, next_step))
         next_step += steps
     return stages
 
@@ -75,6 +80,39 @@ def build_eval_tasks(cfg: Mapping[str, Any], stages: list[Stage]) -> tuple[dict[
     for spec in _as_list(eval_cfg.get("tasks")):
         name = task_name(spec)
         if name not in tasks:
-            tasks[name] = build_task(spec, data_dir=cfg.get("data_dir"), seed=int(cfg.get("seed", 0)))
+            task = build_task(spec, data_dir=cfg.get("data_dir"), seed=int(cfg.get("seed", 0)))
+            tasks[name] = fit_to_context(task, spec, model_context(cfg), "eval.tasks[].max_new_tokens")
             roles[name] = "eval_only"
     return tasks, roles
+
+
+def model_context(cfg: Mapping[str, Any]) -> int | None:
+    """The model's context in tokens when the config alone tells it (the tiny model); None for hub models,
+    whose context is known only once loaded (Policy then refuses a prompt that cannot fit)."""
+    model = cfg.get("model") or {}
+    if model.get("name") != "tiny":
+        return None
+    context = (model.get("tiny") or {}).get("max_position_embeddings")
+    return context if isinstance(context, int) and not isinstance(context, bool) else None
+
+
+def fit_to_context(task: Task, spec: Any, context: int | None, key: str) -> Task:
+    """Give a task a generation budget the model can hold.
+
+    A budget the user set (`max_new_tokens` in the task's spec) must leave room for a prompt, else one line
+    refuses it. A budget left to the task's default (the paper's 1,024 for data tasks, also a custom task's)
+    is clipped to half the context on a small model, with a log line: the default is for 3B models, and a
+    generation the context cannot hold would fail at the first rollout."""
+    from esft.settings import check_task_budget
+
+    budget = getattr(task, "max_new_tokens", None)
+    if context is None or not isinstance(budget, int):
+        return task
+    given = spec.get("max_new_tokens") if isinstance(spec, Mapping) else None
+    if given is not None:
+        check_task_budget(task.name, budget, context, key)
+    elif budget >= context:
+        task.max_new_tokens = max(1, context // 2)
+        log.info("task '%s': max_new_tokens %d -> %d to fit the model's %d-token context (half kept for the "
+                 "prompt); set %s to choose", task.name, budget, task.max_new_tokens, context, key)
+    return task

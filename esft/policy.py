@@ -79,6 +79,10 @@ def _load_hf(name: str, dtype: torch.dtype) -> tuple[Any, Any]:
                             "save one with save_pretrained or pass a Hugging Face model id")
     elif path.exists():
         raise EsftError(f"model.name '{name}' is a file; pass a directory saved with save_pretrained or a hub id")
+    else:
+        from esft.hub import ensure_model_reachable
+
+        ensure_model_reachable(name)  # hub unreachable: one line now, not ~20 retry lines over ~45 s
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
         model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, use_safetensors=True)

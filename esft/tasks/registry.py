@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,8 @@ from esft.errors import EsftError
 from esft.tasks.base import Task
 
 TaskFactory = Callable[..., Task]
+#: keys conf/train.yaml declares under `task` for every task, so `task.KEY=VALUE` works for any task config
+SCHEMA_KEYS = ("max_new_tokens",)
 _REGISTRY: dict[str, TaskFactory] = {}
 
 
@@ -36,9 +38,25 @@ def register(name: str) -> Callable[[TaskFactory], TaskFactory]:
     return decorator
 
 
-def available() -> list[str]:
+def available(config_dirs: Iterable[Path | str] = ()) -> list[str]:
+    """Every task name a user can give: the registered tasks plus the task configs (`task=NAME`) in esft's
+    conf/task and the user's config dirs. `esft tasks` and the unknown-task errors both list exactly this."""
     _load_builtin_tasks()
-    return sorted(_REGISTRY)
+    from esft.hydra_app import conf_dir
+
+    configs = {p.stem for d in (conf_dir(), *map(Path, config_dirs)) for p in (Path(d) / "task").glob("*.yaml")}
+    return sorted(set(_REGISTRY) | configs)
+
+
+def task_config_dirs() -> list[Path]:
+    """The user config dirs of the running Hydra job (`--config-dir`, `hydra.searchpath`), for error messages."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        sources = HydraConfig.get().runtime.config_sources
+    except (ImportError, ValueError):  # not inside a Hydra job
+        return []
+    return [Path(s.path) for s in sources if s.schema == "file" and s.provider != "main"]
 
 
 def _load_builtin_tasks() -> None:
@@ -80,8 +98,8 @@ def build_task(spec: str | Mapping[str, Any], *, data_dir: str | None = None, se
     spec = _plain(spec)
     if isinstance(spec, str):
         name, kwargs = spec, {}
-    else:
-        kwargs = {k: v for k, v in dict(spec).items() if k != "name"}
+    else:  # a schema key left at null (conf/train.yaml declares it for every task) means "the task's default"
+        kwargs = {k: v for k, v in dict(spec).items() if k != "name" and not (k in SCHEMA_KEYS and v is None)}
         name = task_name(spec)
     if "_target_" in kwargs:
         return _build_target(name, kwargs, data_dir, seed)
@@ -90,7 +108,7 @@ def build_task(spec: str | Mapping[str, Any], *, data_dir: str | None = None, se
 
         return JsonlTask(data_dir=data_dir, seed=seed, name=name, **kwargs)
     if name not in _REGISTRY:
-        raise EsftError(f"unknown task '{name}'; available tasks: {', '.join(available())} "
+        raise EsftError(f"unknown task '{name}'; available tasks: {', '.join(available(task_config_dirs()))} "
                         "(or give `_target_: pkg.module.TaskClass` or `jsonl: file.jsonl`)")
     return _REGISTRY[name](data_dir=data_dir, seed=seed, **kwargs)
 
