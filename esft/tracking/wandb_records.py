@@ -51,22 +51,44 @@ def _payloads(data: bytes) -> Iterator[bytes]:
             pending = b""
 
 
-def history_rows(path: Path) -> Iterator[dict[str, Any]]:
-    """Each history row of a .wandb file as {key: value}, `_step` included (nested keys joined by '/')."""
+def records(path: Path) -> Iterator[Any]:
+    """Every `Record` protobuf message of a .wandb file, in order."""
     from wandb.proto import wandb_internal_pb2 as pb
 
     for payload in _payloads(Path(path).read_bytes()):
         record = pb.Record()
         record.ParseFromString(payload)
+        yield record
+
+
+def _items(items: Any) -> dict[str, Any]:
+    return {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in items}
+
+
+def history_rows(path: Path) -> Iterator[dict[str, Any]]:
+    """Each history row of a .wandb file as {key: value}, `_step` included (nested keys joined by '/')."""
+    for record in records(path):
         if record.WhichOneof("record_type") != "history":
             continue
-        row: dict[str, Any] = {}
-        for item in record.history.item:
-            key = item.key or "/".join(item.nested_key)
-            row[key] = json.loads(item.value_json)
+        row = _items(record.history.item)
         if record.history.HasField("step"):
             row.setdefault("_step", record.history.step.num)
         yield row
+
+
+def run_summary(path: Path) -> dict[str, Any]:
+    """The run's group, name, config (last value of each key) and summary as recorded in a .wandb file."""
+    info: dict[str, Any] = {"group": None, "name": None, "config": {}, "summary": {}}
+    for record in records(path):
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            info["group"], info["name"] = record.run.run_group, record.run.display_name
+            info["config"].update(_items(record.run.config.update))
+        elif kind == "config":
+            info["config"].update(_items(record.config.update))
+        elif kind == "summary":
+            info["summary"].update(_items(record.summary.update))
+    return info
 
 
 def run_files(wandb_dir: Path, run_id: str) -> list[Path]:
