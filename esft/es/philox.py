@@ -133,8 +133,8 @@ def _kernel(device: torch.device, compiled: bool | None) -> Callable[..., torch.
 
 
 def _call_blocks(needed: int) -> int:
-    """Blocks per kernel call: the next power of two >= `needed`, at most CALL_BLOCKS, so a compiled kernel
-    has at most 17 static shapes and a small tensor does not pay for 512K numbers."""
+    """Blocks per eager kernel call: the next power of two >= `needed`, at most CALL_BLOCKS, so a small
+    tensor does not pay for 512K numbers."""
     return min(CALL_BLOCKS, 1 << max(0, needed - 1).bit_length())
 
 
@@ -156,7 +156,9 @@ def normals(seed: int, tensor: int, start: int, out: torch.Tensor, stream: int =
     last_block = (int(start) + count + PER_BLOCK - 1) // PER_BLOCK
     written = 0
     for block in range(first_block, last_block, CALL_BLOCKS):
-        values = kernel(as_tensor(block), _call_blocks(last_block - block), index, key0, key1, lookup)
+        # compiled: always one static shape (one compilation; surplus numbers are cheap on an accelerator)
+        blocks = CALL_BLOCKS if kernel is not _normal_blocks else _call_blocks(last_block - block)
+        values = kernel(as_tensor(block), blocks, index, key0, key1, lookup)
         take = min(values.numel() - skip, count - written)
         out[written:written + take].copy_(values[skip:skip + take])
         written += take
