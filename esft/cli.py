@@ -25,9 +25,19 @@ def train(ctx: typer.Context) -> None:
     from esft.hydra_app import run_hydra
 
     if any(arg in ("-h", "--help") for arg in ctx.args):
+        from esft.config_check import config_dirs, overrides_in
+        from esft.errors import EsftError
+        from esft.hydra_app import conf_dir
+        from esft.train_help import train_help
+
         typer.echo(ctx.get_help())
+        try:
+            dirs = config_dirs(ctx.args, overrides_in(ctx.args))
+        except EsftError as exc:
+            _fail(str(exc))
         typer.echo("\nAll arguments are Hydra overrides, e.g. `esft train task=reverse awd.lambda=0`, "
-                   "`esft train -m awd.lambda=0,1`, `esft train --cfg job`; Hydra's own help: --hydra-help.")
+                   "`esft train -m awd.lambda=0,1`.\n")
+        typer.echo(train_help(conf_dir(), dirs))
         raise typer.Exit(0)
     run_hydra(_expand_resume(list(ctx.args)))
 
@@ -51,7 +61,22 @@ def _expand_resume(args: list[str]) -> list[str]:
     rest = args[:index] + args[index + 2:]
     extra = overrides_in(rest)
     flags = [a for a in rest if a not in extra]
-    return [*flags, *saved, *extra, f"hydra.run.dir={run_dir.resolve()}"]
+    given_dirs = any(a in ("--config-dir", "-cd") for a in rest) or any(o.startswith("hydra.searchpath=") for o in extra)
+    search = [] if given_dirs else _saved_search_path(run_dir)
+    return [*flags, *saved, *extra, *search, f"hydra.run.dir={run_dir.resolve()}"]
+
+
+def _saved_search_path(run_dir: Path) -> list[str]:
+    """The user config dirs the run was started with (`--config-dir`, `hydra.searchpath`), which Hydra records
+    only in .hydra/hydra.yaml, as one `hydra.searchpath` override: a task kept outside esft resumes too."""
+    from omegaconf import OmegaConf
+
+    record = run_dir / ".hydra" / "hydra.yaml"
+    if not record.exists():
+        return []
+    sources = OmegaConf.select(OmegaConf.load(record), "hydra.runtime.config_sources", default=None) or []
+    dirs = [str(s.path) for s in sources if s.schema == "file" and s.provider != "main"]
+    return [f"hydra.searchpath=[{','.join('file://' + d for d in dirs)}]"] if dirs else []
 
 
 def _fail(message: str) -> None:
@@ -62,21 +87,47 @@ def _fail(message: str) -> None:
 @app.command("drift-report")
 def drift_report(
     paths: list[str] = typer.Argument(..., help="Run dirs, multirun sweep roots or globs."),
-    out: Optional[str] = typer.Option(None, "--out", help="Output dir (default: drift-report/ beside the first path)."),
+    out: Optional[str] = typer.Option(None, "--out", help="Output dir (default: DIR/drift-report for one dir, else "
+                                                           "drift-report-NAMES beside the inputs)."),
+    force: bool = typer.Option(False, "--force", help="Replace a report already in the output dir."),
     group_by: Optional[list[str]] = typer.Option(None, "--group-by", help="Config key(s) to group runs by."),
     task: Optional[str] = typer.Option(None, "--task", help="Only report this prior task."),
     fmt: str = typer.Option("table", "--format", help="table | json | csv"),
     budget: str = typer.Option("compute_tokens", "--budget",
                                help="Also compare groups at equal cost of the new stage, measured in "
                                     "compute_tokens | population_evals | seconds; none: skip."),
+    to: Optional[list[str]] = typer.Option(None, "--to", help="Also publish the report's tables and plots to "
+                                                               "tensorboard | wandb | mlflow (repeatable)."),
 ) -> None:
     """Tables, plots and a report of prior-task drift from finished (or running) runs."""
     from rich.console import Console
 
     from esft.report.command import drift_report as run_report
+    from esft.tracking.publish import check_targets
 
     console = Console() if sys.stdout.isatty() else Console(width=160)  # files and pipes: don't squeeze tables
-    raise typer.Exit(run_report(paths, out, group_by, task, fmt, console, budget))
+    if to and (problem := check_targets(to)):  # a missing tracker library: say so before any work
+        typer.echo(f"esft drift-report: {problem}", err=True)
+        raise typer.Exit(2)
+    code = run_report(paths, out, group_by, task, fmt, console, budget, force=force)
+    if code == 0 and to:
+        code = _publish(paths, out, to)
+    raise typer.Exit(code)
+
+
+def _publish(paths: list[str], out: Optional[str], targets: list[str]) -> int:
+    """`--to`: send the report just written to trackers (esft/tracking/publish.py)."""
+    from esft.errors import EsftError
+    from esft.report.command import default_out
+    from esft.tracking.publish import publish_report
+
+    try:
+        for line in publish_report(Path(out) if out else default_out(paths), targets, paths):
+            typer.echo(f"esft drift-report: published to {line}", err=True)
+    except EsftError as exc:
+        typer.echo(f"esft drift-report: {exc}", err=True)
+        return 2
+    return 0
 
 
 @app.command()
@@ -97,11 +148,13 @@ def replay(
 
 
 @app.command()
-def tasks() -> None:
-    """List the available task names."""
+def tasks(
+    config_dir: Optional[list[str]] = typer.Option(None, "--config-dir", help="Also list DIR/task/*.yaml."),
+) -> None:
+    """List the task names `task=` and `eval.tasks` accept (the unknown-task error lists the same)."""
     from esft.tasks.registry import available
 
-    for name in available():
+    for name in available([Path(d) for d in config_dir or []]):
         typer.echo(name)
 
 

@@ -3,6 +3,7 @@
 Every plot has a title, axis labels and a legend whose entries are the group labels (the config keys that
 differ between groups) with the number of runs, and the runs that are not done. A group's line is the mean
 over its seeds and its band the mean ± one standard deviation. Colours are fixed per group across plots.
+Accuracies are drawn in percent and drops and gains in percentage points, the unit of the tables.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e3
           "#7f7f7f", "#bcbd22"]
 MARKERS = "osD^vP*X<>"
 DPI = 110
+PCT = 100.0
 PLOTS = {
-    "prior_accuracy.png": "Prior-task accuracy vs step",
+    "prior_accuracy.png": "Prior-task accuracy vs step, with the base model's level",
     "new_task_accuracy.png": "New-task accuracy vs step",
     "theta_drift.png": "|θ - θ0| vs step, with the random-walk prediction",
     "drop_vs_cost.png": "Prior-task drop and new-task gain vs compute",
@@ -49,10 +51,12 @@ def _legend_title(summary: dict[str, Any]) -> str:
     return f"group ({', '.join(keys)})" if keys else "group"
 
 
-def _band(ax: Any, curve: dict[str, list[float]], color: str, label: str | None, marker: str = "o") -> None:
+def _band(ax: Any, curve: dict[str, list[float]], color: str, label: str | None, marker: str = "o",
+          scale: float = 1.0) -> None:
     if not curve["step"]:
         return
-    steps, mean, std = curve["step"], curve["mean"], curve["std"]
+    steps = curve["step"]
+    mean, std = [v * scale for v in curve["mean"]], [v * scale for v in curve["std"]]
     ax.plot(steps, mean, color=color, label=label, marker=marker, markersize=3, linewidth=1.6)
     if any(std):
         lo = [m - s for m, s in zip(mean, std)]
@@ -88,6 +92,19 @@ def _legend(fig: Figure, ax: Any, summary: dict[str, Any], extra: list[Any] | No
                    ncol=2 if len(handles) > 3 else len(handles), fontsize=8, title_fontsize=8, frameon=False)
 
 
+def _base_line(ax: Any, group: dict[str, Any], task: str, color: str) -> str | None:
+    """The group's base-model accuracy of `task` as a dotted level across the panel; returns the panel's drop
+    text for the group (max drop in the new stage and from the base model), or None without numbers."""
+    drift = group["prior"].get(task) or {}
+    base, drop, from_base = (drift.get(k) or {} for k in ("base", "max_drop", "max_drop_from_base"))
+    if base.get("n"):
+        ax.axhline(base["mean"] * PCT, color=color, linestyle=":", linewidth=1.1, alpha=0.8)
+    if not drop.get("n"):
+        return None
+    text = f"max drop {drop['mean'] * PCT:.1f} pts"
+    return text + (f", {from_base['mean'] * PCT:.1f} from base" if from_base.get("n") else "")
+
+
 def plot_prior_accuracy(summary: dict[str, Any], curves: dict[str, Any], path: Path) -> None:
     tasks = [t for g in summary["groups"] for t in g["prior"]]
     tasks = list(dict.fromkeys(tasks))
@@ -98,20 +115,27 @@ def plot_prior_accuracy(summary: dict[str, Any], curves: dict[str, Any], path: P
     if not tasks:
         _empty(axes[0], "no prior-task evaluations in these runs")
     for ax, task in zip(axes, tasks):
+        drops = []
         for i, group in enumerate(summary["groups"]):
             curve = curves[group["label"]]["prior"].get(task)
             if curve:
-                _band(ax, curve, _color(i), legend_label(group))
+                _band(ax, curve, _color(i), legend_label(group), scale=PCT)
+            text = _base_line(ax, group, task, _color(i))
+            if text:
+                drops.append((text, _color(i)))
+        for line, (text, color) in enumerate(drops):  # one line per group, in its colour, bottom left
+            ax.text(0.02, 0.03 + 0.07 * line, text, transform=ax.transAxes, fontsize=7, color=color)
         _stage_lines(ax, curves)
         ax.set_title(f"prior task: {task}")
         ax.set_xlabel("global step")
-        ax.set_ylabel("accuracy")
-        ax.set_ylim(-0.03, 1.03)
+        ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(-3, 103)
         ax.grid(alpha=0.3)
     for ax in axes[len(tasks):] if tasks else []:
         ax.set_visible(False)
-    fig.suptitle("Prior-task accuracy vs step (mean ± std over seeds)")
-    _legend(fig, axes[0], summary)
+    fig.suptitle("Prior-task accuracy vs step (mean ± std over seeds); dotted: the base model's accuracy")
+    base = [Line2D([], [], color="0.2", linestyle=":", label="base model (first eval)")] if tasks else []
+    _legend(fig, axes[0], summary, extra=base)
     _save(fig, path)
 
 
@@ -119,13 +143,13 @@ def plot_new_task(summary: dict[str, Any], curves: dict[str, Any], path: Path) -
     fig = _figure(6.4, 3.6, summary)
     ax = fig.subplots()
     for i, group in enumerate(summary["groups"]):
-        _band(ax, curves[group["label"]]["new"], _color(i), legend_label(group))
+        _band(ax, curves[group["label"]]["new"], _color(i), legend_label(group), scale=PCT)
     _stage_lines(ax, curves)
     tasks = ", ".join(dict.fromkeys(g["new_task"] for g in summary["groups"]))
     ax.set_title(f"New-task accuracy vs step (task: {tasks}; mean ± std over seeds)")
     ax.set_xlabel("global step")
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(-0.03, 1.03)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(-3, 103)
     ax.grid(alpha=0.3)
     _legend(fig, ax, summary)
     _save(fig, path)
@@ -145,7 +169,7 @@ def plot_theta(summary: dict[str, Any], curves: dict[str, Any], path: Path) -> N
             used.add(style)
             ax.plot(line["step"], line["mean"], color=_color(i), linestyle=style, linewidth=1.3, alpha=0.9)
     _stage_lines(ax, curves)
-    names = {":": "predicted: α·sqrt(T·D/N)", "--": "predicted with AWD-L2, c = α·λ"}
+    names = {":": "predicted: α·k·sqrt(T·D/N), k = sqrt(N/(N-1)) with pairs", "--": "predicted with AWD-L2, c = α·λ"}
     style = [Line2D([], [], color="0.2", label="measured (mean ± std)")]
     style += [Line2D([], [], color="0.2", linestyle=s, label=names[s]) for s in (":", "--") if s in used]
     if not any(curves[g["label"]]["theta"]["step"] for g in summary["groups"]):
@@ -164,30 +188,52 @@ def _cost(group: dict[str, Any]) -> tuple[dict[str, Any], str]:
     return group["new_stage_population_evals"], "population evaluations in the new stage"
 
 
+def _varying(summary: dict[str, Any]) -> str:
+    """What the groups differ in, for a title: their grouping keys, or that nothing differs."""
+    keys = summary.get("group_keys") or []
+    if len(summary["groups"]) < 2 or not keys:
+        return "one group"
+    return "groups differ in " + ", ".join(keys)
+
+
+def _from_zero(ax: Any, values: list[float]) -> None:
+    """Start the value axis at 0 (a gap of a few points must not fill the panel); below 0 only for negatives."""
+    low, high = min([0.0, *values]), max([0.0, *values])
+    pad = 0.08 * (high - low or 1.0)
+    ax.set_ylim(low - pad if low < 0 else 0.0, high + pad)
+
+
 def plot_drop_vs_cost(summary: dict[str, Any], path: Path) -> None:
     fig = _figure(10.5, 3.6, summary)
     left, right = fig.subplots(1, 2)
     xlabel = "compute"
+    reach: dict[Any, list[float]] = {left: [], right: []}
+    costs: list[float] = []
     for i, group in enumerate(summary["groups"]):
         cost, xlabel = _cost(group)
         for ax, value in ((left, group["mean_max_drop"]), (right, group["new_task_gain"])):
             if cost["n"] and value["n"]:
+                mean, std = value["mean"] * PCT, (value["std"] or 0.0) * PCT
+                reach[ax] += [mean - std, mean + std]
+                costs.append(cost["mean"] + (cost["std"] or 0.0))
                 # hollow, distinct shapes: groups at the same point (equal compute, equal drop) stay visible
-                ax.errorbar(cost["mean"], value["mean"], xerr=cost["std"] or None, yerr=value["std"] or None,
+                ax.errorbar(cost["mean"], mean, xerr=cost["std"] or None, yerr=std or None,
                             fmt=MARKERS[i % len(MARKERS)], color=_color(i), markersize=9, capsize=3,
                             markerfacecolor="none", markeredgewidth=2,
                             label=legend_label(group) if ax is left else None)
-    for ax, ylabel, title in ((left, "mean max drop of the prior tasks", "Forgetting vs compute"),
-                              (right, "new-task gain", "Learning vs compute")):
+    for ax, ylabel, title in ((left, "mean max drop of the prior tasks (pts)", "Forgetting vs compute"),
+                              (right, "new-task gain (pts)", "Learning vs compute")):
         ax.xaxis.set_major_formatter(EngFormatter())
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.set_title(title)
         ax.grid(alpha=0.3)
-        ax.margins(x=0.15, y=0.15)
         if not ax.has_data():
             _empty(ax, "no compute or accuracy logged")
-    fig.suptitle("Drop and gain vs cost (mean ± std over seeds): population size and AWD at equal compute")
+            continue
+        _from_zero(ax, reach[ax])
+        ax.set_xlim(0, 1.15 * max(costs) or 1.0)  # cost from 0 too: a group twice as dear sits twice as far
+    fig.suptitle(f"Drop and gain vs cost of the new stage (mean ± std over seeds): {_varying(summary)}")
     _legend(fig, left, summary)
     _save(fig, path)
 

@@ -16,29 +16,38 @@ import math
 from pathlib import Path
 from typing import Any
 
-from esft.report.metrics import COMPUTE_FIELDS, DRIFT_FIELDS
-from esft.report.tables import TableData, all_tables, gem_table
+from esft.report.metrics import BASE_FIELDS, COMPUTE_FIELDS, DRIFT_FIELDS
+from esft.report.tables import TableData, all_tables, gem_table, lone_seed_note
 
-RUN_FIELDS = ("new_task_gain", "acc", "bwt", "theta_final", "theta_pred", "theta_ratio", "theta_ratio_free",
+RUN_FIELDS = ("new_task_gain", "new_task_final", "acc", "bwt", "theta_final", "theta_pred", "theta_ratio", "theta_ratio_free",
               *COMPUTE_FIELDS, *(f"new_stage_{n}" for n in COMPUTE_FIELDS))
 #: group rows only, when the report compares groups at equal cost (summary["equal_budget"])
 BUDGET_FIELDS = ("budget_steps_in_stage", "budget_new_task_gain", "budget_max_drop", "budget_final_drop")
 CSV_HEADER = ["level", "group", "run", "state", "seed", "new_task", "prior_task", "n",
               *(x for f in DRIFT_FIELDS for x in (f, f"{f}_std")), *(x for f in RUN_FIELDS for x in (f, f"{f}_std")),
-              "budget_measure", "budget", *(x for f in BUDGET_FIELDS for x in (f, f"{f}_std"))]
+              "budget_measure", "budget", *(x for f in BUDGET_FIELDS for x in (f, f"{f}_std")),
+              *(x for f in BASE_FIELDS for x in (f, f"{f}_std")), "scoring"]
 DEFINITIONS = [
     "**new stage**: the curriculum's last stage; its task is the new task, every other task "
     "(earlier curriculum tasks and eval-only tasks) is a prior task.",
     "**before**: a prior task's accuracy at the new stage's `stage_start` eval. **min**: the lowest "
     "accuracy in the stage (start included), at **step** (global). **final**: its last eval.",
     "**max drop** = before - min; **final drop** = before - final; **recovery** = final - min.",
+    "**base**: a prior task's accuracy at its first eval in the run (the base model, before any stage); "
+    "**max drop (base)** = base - the lowest accuracy of the whole run; **final drop (base)** = base - final. "
+    "They show drift during earlier stages, which the new stage's **before** already includes.",
+    "Units: accuracies in percent, drops, gains, area and BWT in percentage points (summary.json and "
+    "summary.csv hold fractions of 1).",
     "**area** = trapezoid integral of max(0, before - accuracy) over the stage's eval steps, divided by the "
     "steps covered: the mean drop over the stage, in accuracy units.",
     "**new-task gain** = the new task's final accuracy minus its accuracy at the stage start.",
     "**ACC / BWT** (GEM): R[i][j] = accuracy on curriculum task j at the end of stage i; ACC = mean_j "
     "R[T-1][j]; BWT = mean over j < T-1 of R[T-1][j] - R[j][j] (undefined with one stage).",
-    "**|θ-θ0|/pred**: final distance from the initial weights over alpha*sqrt(T*D/N) (no AWD) or, with "
-    "AWD-L2 (c = alpha*lambda), alpha*sqrt(D/N*(1-(1-c)^(2T))/(2c-c^2)).",
+    "**|θ-θ0|/pred**: final distance from the initial weights over the random walk's expected length "
+    "alpha*k*sqrt(T*D/N) (no AWD) or, with AWD-L2 (c = alpha*lambda, pulling after each update), "
+    "alpha*k*(1-c)*sqrt(D/N*(1-(1-c)^(2T))/(2c-c^2)); k = sqrt(N/(N-1)) with antithetic pairs (a pair's two "
+    "z-scores are anti-correlated, which lengthens the z-scored step), 1 without.",
+    "**Verdict**: drawn only between groups that differ in one setting; n=1 seed gives no spread and no claim.",
     "Groups: runs whose configs agree on every key that differs somewhere (seeds aside); mean ± sample std.",
     "**At equal cost**: every group read at the cheapest group's mean cost of the new stage (`--budget`); each "
     "run at the last eval within it, with gain and drops computed over the evals up to there.",
@@ -47,7 +56,8 @@ DEFINITIONS = [
 
 def _run_values(run: dict[str, Any]) -> dict[str, Any]:
     theta = run["theta"]
-    return {"new_task_gain": run["new_task_gain"]["gain"], "acc": run["gem"]["acc"], "bwt": run["gem"]["bwt"],
+    return {"new_task_gain": run["new_task_gain"]["gain"], "new_task_final": run["new_task_gain"].get("final"),
+            "acc": run["gem"]["acc"], "bwt": run["gem"]["bwt"],
             "theta_final": theta["final"], "theta_pred": theta["pred"], "theta_ratio": theta["ratio"],
             "theta_ratio_free": theta["ratio_free"], **run["compute"],
             **{f"new_stage_{k}": v for k, v in run["compute_new_stage"].items()}}
@@ -76,16 +86,19 @@ def csv_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
             agg = g.get(f) or {}
             base[f], base[f"{f}_std"] = agg.get("mean"), agg.get("std")
         for task in g["prior"] or [None]:
-            row = dict(base, prior_task=task, **_budget_values(summary.get("equal_budget"), g["label"], task))
-            for f in DRIFT_FIELDS if task else ():
-                row[f], row[f"{f}_std"] = g["prior"][task][f]["mean"], g["prior"][task][f]["std"]
+            row = dict(base, prior_task=task, **_budget_values(summary.get("equal_budget"), g["label"], task),
+                       scoring=g.get("scoring", {}).get(task) if task else None)
+            for f in (*DRIFT_FIELDS, *BASE_FIELDS) if task else ():
+                agg = g["prior"][task].get(f) or {}
+                row[f], row[f"{f}_std"] = agg.get("mean"), agg.get("std")
             rows.append(row)
     for r in summary["runs"]:
         base = {"level": "run", "group": r["group"], "run": r["name"], "state": r["state"], "seed": r["seed"],
                 "new_task": r["new_task"], "n": 1, **_run_values(r)}
         for task in r["prior"] or [None]:
             drift = (r["prior"].get(task) or {}) if task else {}
-            rows.append(dict(base, prior_task=task, **{f: drift.get(f) for f in DRIFT_FIELDS}))
+            rows.append(dict(base, prior_task=task, scoring=r.get("scoring", {}).get(task) if task else None,
+                             **{f: drift.get(f) for f in (*DRIFT_FIELDS, *BASE_FIELDS)}))
     return rows
 
 
@@ -142,11 +155,14 @@ def _header(summary: dict[str, Any]) -> list[str]:
         lines.append(f"Prior tasks filtered to: {summary['task_filter']}.")
     if not_done:
         lines.append("Not finished (included, marked): " + ", ".join(not_done) + ".")
+    lines += [note[0].upper() + note[1:] + "." for note in lone_seed_note(summary)]
     return lines
 
 
 def to_markdown(summary: dict[str, Any], plots: dict[str, str]) -> str:
     parts = ["# Drift report", "", *(line + "  " for line in _header(summary)), ""]
+    if summary.get("verdict"):
+        parts += ["## Verdict", "", *(f"- {_md_cell(line)}" for line in summary["verdict"]), ""]
     if summary.get("messages"):
         parts += ["## Warnings", "", *(f"- {_md_cell(m)}" for m in summary["messages"]), ""]
     parts += ["## Tables", ""] + [md_table(t) for t in all_tables(summary)]
@@ -192,6 +208,8 @@ def to_html(summary: dict[str, Any], plots: dict[str, str], out: Path) -> str:
     esc = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Drift report</title><style>{CSS}</style>",
              "</head><body><h1>Drift report</h1>", *(f"<p>{esc(line)}</p>" for line in _header(summary))]
+    if summary.get("verdict"):
+        parts.append("<h2>Verdict</h2><ul>" + "".join(f"<li>{esc(v)}</li>" for v in summary["verdict"]) + "</ul>")
     if summary.get("messages"):
         items = "".join(f"<li>{esc(m)}</li>" for m in summary["messages"])
         parts.append(f'<h2>Warnings</h2><ul class="warn">{items}</ul>')

@@ -6,6 +6,7 @@ import contextlib
 import csv
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -19,9 +20,10 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def report(paths: list[Path | str], out: Path | None = None, fmt: str = "table", group_by=None, task=None,
-           budget: str = "compute_tokens"):
+           budget: str = "compute_tokens", force: bool = False):
     console = Console(file=io.StringIO(), width=220, color_system=None)
-    code = drift_report([str(p) for p in paths], str(out) if out else None, group_by, task, fmt, console, budget)
+    code = drift_report([str(p) for p in paths], str(out) if out else None, group_by, task, fmt, console, budget,
+                        force=force)
     return code, console.file.getvalue()
 
 
@@ -87,9 +89,24 @@ def test_csv_has_group_and_run_rows(rendered) -> None:
     assert float(run_rows[0]["acc"]) == pytest.approx(0.75)
 
 
-def test_default_out_is_beside_the_first_path(sweep: Path) -> None:
-    code, _ = report([sweep])
-    assert code == 0 and (sweep.parent / "drift-report" / "report.html").exists()
+def test_default_out_is_a_folder_per_input_and_never_overwritten(make_sweep, make_run, tmp_path: Path,
+                                                                  capsys) -> None:
+    first, second = make_sweep("day/12-00-00", SWEEP_JOBS), make_sweep("day/13-30-00", SWEEP_JOBS[:1])
+    assert report([first])[0] == 0 and report([second])[0] == 0  # two sweeps of one day: two reports
+    assert (first / "drift-report" / "report.html").exists() and (second / "drift-report" / "report.html").exists()
+    stamp = (first / "drift-report" / "summary.json").stat().st_mtime_ns
+    capsys.readouterr()
+    code, stdout = report([first])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and stdout == "" and len(err) == 1
+    assert err[0].startswith(f"esft drift-report: {first / 'drift-report'} already holds a report")
+    assert "--force" in err[0] and (first / "drift-report" / "summary.json").stat().st_mtime_ns == stamp
+    assert report([first], force=True)[0] == 0
+    # several inputs: one folder named after them, beside them
+    a, b = make_run("runs/a"), make_run("runs/b", seed=1)
+    assert report([a, b])[0] == 0 and (tmp_path / "runs" / "drift-report-a+b" / "report.md").exists()
+    code, _ = report([a, b], tmp_path / "runs" / "drift-report-a+b")  # an explicit --out is protected too
+    assert code == 2 and "already holds a report" in capsys.readouterr().err
 
 
 def test_json_and_csv_formats_print_only_data(sweep: Path, tmp_path: Path, capsys) -> None:
@@ -171,9 +188,9 @@ def test_rows_of_the_wrong_shape_leave_that_run_out(make_run, tmp_path: Path, ca
 
 def test_a_glob_over_runs_skips_the_report_beside_them(make_run, tmp_path: Path, capsys) -> None:
     make_run("a"), make_run("b", seed=1)
-    assert report([tmp_path / "*"])[0] == 0 and (tmp_path / "drift-report" / "report.md").exists()
+    assert report([tmp_path / "*"])[0] == 0 and (tmp_path / "drift-report-all" / "report.md").exists()
     capsys.readouterr()
-    code, _ = report([tmp_path / "*"])  # now the glob matches drift-report/ too
+    code, _ = report([tmp_path / "*"], force=True)  # now the glob matches drift-report-all/ too
     assert code == 0 and capsys.readouterr().err.count("warning") == 0
 
 
@@ -185,3 +202,72 @@ def test_budget_measure_is_checked_and_can_be_switched_off(sweep: Path, tmp_path
     code, stdout = report([sweep], tmp_path / "n", budget="none")
     assert code == 0 and "At equal cost" not in stdout
     assert json.loads((tmp_path / "n" / "summary.json").read_text())["equal_budget"] is None
+
+
+def test_non_finite_numbers_and_a_corrupt_middle_line_never_stop_the_report(make_run, tmp_path: Path,
+                                                                             capsys) -> None:
+    run = make_run("r")
+    lines = (run / EVALS_FILE).read_text().splitlines()
+    middle = len(lines) // 2
+    lines.insert(middle, '{"step": 6, "stage": 1, "task": "add", "accur')  # torn, with valid rows after it
+    lines.append('{"step": 1e999, "stage": 1, "task": "add", "accuracy": 0.0}')  # infinity where a step goes
+    lines.append('{"step": 10, "stage": 1, "task": "reverse", "accuracy": NaN}')
+    (run / EVALS_FILE).write_text("\n".join(lines) + "\n")
+    code, _ = report([run], tmp_path / "out")
+    err = capsys.readouterr().err.strip().splitlines()
+    path = run / EVALS_FILE
+    assert code == 0 and len(err) == 3
+    assert err[0].startswith(f"esft drift-report: warning: {path}: line {middle + 1} is not valid JSON (")
+    assert err[1:] == [
+        f"esft drift-report: warning: {path}: line {len(lines) - 1}: step is inf, not an integer; line skipped",
+        f"esft drift-report: warning: {path}: line {len(lines)}: accuracy is not a finite number; that value ignored",
+    ]
+    m = json.loads((tmp_path / "out" / "summary.json").read_text())["runs"][0]
+    assert m["prior"]["add"]["max_drop"] == pytest.approx(0.6)  # every valid row, those after the torn one too
+    assert m["new_task_gain"]["final"] == pytest.approx(0.9)  # the NaN row's accuracy ignored, not a new final
+
+
+def test_units_final_accuracy_and_one_seed_are_stated(rendered) -> None:
+    code, out, stdout, _ = rendered
+    # add: max drop 0.6 -> 60.0 percentage points; reverse ends at 90.0% (gain 40.0 points)
+    assert "60.0" in stdout and "new-task final %" in stdout and "90.0" in stdout
+    assert not re.search(r"\b0\.600\b", stdout)  # no fraction left on screen (0.6000 is |θ-θ0|, not a drop)
+    md = (out / "report.md").read_text()
+    assert "N=1 seed in every group: no spread, no claim" in md and "n=1 seed in every group" in stdout
+    assert md.index("## Verdict") < md.index("## Tables")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["groups"][0]["new_task_final"]["mean"] == pytest.approx(0.9)  # the JSON keeps fractions
+    assert summary["groups"][0]["prior"]["add"]["max_drop"]["mean"] == pytest.approx(0.6)
+
+
+def test_verdict_compares_groups_that_differ_in_one_setting(make_sweep, tmp_path: Path) -> None:
+    calm = {"add": [0.2, 0.6, 0.9, 0.9, 0.85, 0.89], "reverse": [0.5, 0.5, 0.5, 0.6, 0.8, 0.95],
+            "subtract": [0.8, 0.8, 0.8, 0.8, 0.8, 0.8]}
+    root = make_sweep("v", [dict(lam=0.0), dict(lam=0.0, seed=1), dict(lam=1.0, curves=calm),
+                            dict(lam=1.0, seed=1, curves=calm)])
+    code, stdout = report([root], tmp_path / "out")
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert code == 0 and summary["verdict"] == [
+        "awd.lambda=1 (vs 0) cut the max drop of add from 60.0 to 5.0 points in the new stage (0.0 -> 0.0 from "
+        "the base model) (n=2 seeds each; the gap is larger than the two seed spreads added)",
+        "awd.lambda=1 (vs 0) cut the max drop of subtract from 10.0 to 0.0 points in the new stage (10.0 -> 0.0 "
+        "from the base model) (n=2 seeds each; the gap is larger than the two seed spreads added)",
+        "awd.lambda=1 (vs 0): new task reverse ended at 95.0% vs 90.0%, gain 45.0 vs 40.0 points (n=2 seeds each; "
+        "the gap is larger than the two seed spreads added)",
+    ]
+    assert stdout.startswith("Verdict\n  awd.lambda=1 (vs 0) cut the max drop of add from 60.0 to 5.0")
+
+
+def test_scoring_mode_is_a_column_only_when_logged(make_run, tmp_path: Path) -> None:
+    run = make_run("r")
+    code, stdout = report([run], tmp_path / "plain")
+    assert code == 0 and "scoring ┃" not in stdout and "scored by" not in stdout
+    rows = [json.loads(line) for line in (run / EVALS_FILE).read_text().splitlines()]
+    for row in rows:
+        row["scoring"] = "loglik" if row["task"] == "subtract" else "generate"
+    (run / EVALS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, stdout = report([run], tmp_path / "scored")
+    assert code == 0 and "scoring ┃" in stdout and "loglik" in stdout and "new task reverse scored by: generate" in stdout
+    csv_rows = list(csv.DictReader((tmp_path / "scored" / "summary.csv").open()))
+    assert {r["prior_task"]: r["scoring"] for r in csv_rows if r["level"] == "run"} == {"add": "generate",
+                                                                                        "subtract": "loglik"}
