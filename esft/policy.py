@@ -5,7 +5,12 @@
   prompt + completion, anchors-code.md pitfall 1), cut at the task's stop strings.
 - `exact_match(prompts, answers)`: for exact-answer tasks, one teacher-forced forward decides what greedy
   decoding would produce: the greedy completion equals the target iff the argmax at every answer position is
-  the target token (and, when the budget allows more tokens, the next argmax is EOS).
+  the target token (and, when the budget allows more tokens, the next argmax is EOS). Used only where that is
+  provably greedy decoding (`exact_match_is_greedy`: unique tokenization, one EOS id); elsewhere scorers generate.
+- `option_logprobs(prompts, options)`: log-likelihood scoring of multiple-choice options (lm-evaluation-harness's
+  acc / acc_norm), one teacher-forced forward per batch of options.
+
+End of sequence is every id in the generation config plus the tokenizer's (`eos_ids`), and padding is on the left.
 
 Backends (`policy.backend`): `hf` runs everything on the HF model; `vllm` (esft/backends/vllm_backend.py) keeps
 the HF model for teacher-forced scoring and ES bookkeeping but routes `generate` through one vLLM engine that
@@ -92,6 +97,29 @@ def _load_hf(name: str, dtype: torch.dtype) -> tuple[Any, Any]:
     return model, tokenizer
 
 
+def eos_ids(model: Any, tokenizer: Any) -> list[int]:
+    """Every id that ends a sequence: the generation config's (an int or a list: Llama 3's Instruct models end
+    turns with <|eot_id|> *and* <|end_of_text|>) plus the tokenizer's own, in that order, without repeats.
+    Decoding on the tokenizer's id alone would run past the end of turn the model was trained to emit."""
+    ids: list[int] = []
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in [*(configured if isinstance(configured, (list, tuple)) else [configured]), tokenizer.eos_token_id]:
+        if value is not None and int(value) not in ids:
+            ids.append(int(value))
+    return ids
+
+
+def has_unique_tokenization(tokenizer: Any) -> bool:
+    """True when every text has exactly one token sequence: each non-special vocabulary entry is one symbol
+    (esft's byte-level tiny tokenizer: one token per byte, no merges). Then the ids of prompt + answer are
+    the prompt's ids followed by the answer's, and a greedy completion decodes to the answer iff it IS the
+    answer's ids -- the two facts the teacher-forced exact-match shortcut needs. A BPE with merges (SmolLM2,
+    Qwen, Llama) can spell one text several ways, so greedy decoding may reach the answer by a token path the
+    forward never checks."""
+    special = set(getattr(tokenizer, "all_special_tokens", ())) | set(getattr(tokenizer, "added_tokens_encoder", {}))
+    return all(len(token) == 1 for token in tokenizer.get_vocab() if token not in special)
+
+
 class Policy:
     """Owns the model and tokenizer; every rollout and every score goes through here."""
 
@@ -108,6 +136,7 @@ class Policy:
         tokenizer.padding_side = "left"
         self.counts = TokenCounts()
         self.context_length = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        self.eos_ids = eos_ids(model, tokenizer)
         self._token_cache: OrderedDict[tuple[Any, ...], tuple[int, ...]] = OrderedDict()
 
     @classmethod
@@ -124,6 +153,9 @@ class Policy:
             model, tokenizer, _ = load_or_build_tiny(model_cfg, log=log_fn)
             model = model.to(dtype)
         else:
+            from esft.models.packaged import resolve_model_name
+
+            name = resolve_model_name(model_cfg, log_fn)  # a packaged GGUF's cached conversion, or the name
             model, tokenizer = _load_hf(name, dtype)
         setting = model_cfg.get("chat_template", "auto")
         has_template = bool(getattr(tokenizer, "chat_template", None))
@@ -214,6 +246,93 @@ class Policy:
         return ids.to(self.device), mask.to(self.device)
 
     # -- scoring ---------------------------------------------------------------------------------------
+    @property
+    def exact_match_is_greedy(self) -> bool:
+        """May `exact_match` stand in for greedy decoding on this model? Only when it provably agrees: a
+        tokenizer with unique tokenization (see has_unique_tokenization) and a single end-of-sequence id (the
+        check appends exactly that id). Otherwise scorers generate."""
+        if getattr(self, "_exact_is_greedy", None) is None:
+            self._exact_is_greedy = len(self.eos_ids) <= 1 and has_unique_tokenization(self.tokenizer)
+        return self._exact_is_greedy
+
+    @torch.no_grad()
+    def option_logprobs(self, prompts: Sequence[str | Prompt], options: Sequence[Sequence[str]],
+                        batch_size: int = 64) -> list[list[float]]:
+        """Summed log-probability of each option as the continuation of its prompt (lm-evaluation-harness's
+        loglikelihood request): log p(option | prompt) = sum_t log softmax(logits_t)[option_t] over the
+        option's tokens, teacher-forced -- no generation.
+
+        Each prompt is run once and its KV cache shared by its options: a batch of prompts (left-padded) is
+        one forward, then all their options (right-padded, positions continuing each prompt) are one forward
+        over the cache rows selected per option. On a real chat prompt (~100 tokens, mostly template and
+        question) with 4-10 short options this does 3-5x less work than re-running prompt + option per option.
+        Items are batched so that at most `batch_size` options share a forward.
+
+        The prompt is rendered like a rollout's (chat template with the model's default system message when
+        enabled); without a template the option follows after one space, the harness's target delimiter,
+        while a chat template's assistant turn starts on a fresh line and takes the option as is. Prompt and
+        option are encoded separately; the harness encodes them jointly and splits, which gives the same ids
+        wherever the pre-tokenizer splits at the boundary (a newline or the space before a word, as here).
+        A prompt too long for the context is cut from the left, keeping room for its longest option."""
+        delimiter = "" if self.use_chat_template else " "
+        continuations = [[self._encode(delimiter + option) for option in choices] for choices in options]
+        contexts = []
+        for prompt, choices in zip(prompts, continuations):
+            if not choices or not all(choices):
+                raise EsftError(f"an item needs non-empty options to be scored by log-likelihood "
+                                f"(prompt {str(prompt)[:60]!r})")
+            contexts.append(self._encode_prompt(prompt, reserve=max(len(c) for c in choices)))
+        results: list[list[float]] = []
+        start = 0
+        while start < len(contexts):
+            stop, rows = start, 0
+            while stop < len(contexts) and (stop == start or rows + len(continuations[stop]) <= batch_size):
+                rows += len(continuations[stop])
+                stop += 1
+            results.extend(self._shared_prefix_logprobs(contexts[start:stop], continuations[start:stop]))
+            start = stop
+        return results
+
+    def _cache_argument(self) -> str:
+        """The forward's KV-cache keyword: `cache` from transformers 5.x (which deprecates the old name),
+        `past_key_values` before."""
+        import inspect
+
+        return "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+
+    def _shared_prefix_logprobs(self, contexts: list[list[int]], continuations: list[list[list[int]]]
+                                ) -> list[list[float]]:
+        """Two forwards: the contexts (keeping the KV cache and the last position's logits, which predict each
+        option's first token), then every option over its context's cache rows."""
+        ids, mask = self._left_pad(contexts)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                         logits_to_keep=1)
+        owner = torch.tensor([i for i, choices in enumerate(continuations) for _ in choices], device=self.device)
+        cache = out.past_key_values
+        cache.batch_select_indices(owner)
+        rows = [c for choices in continuations for c in choices]
+        width = max(len(r) for r in rows)
+        option_ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        option_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            option_ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+            option_mask[i, :len(row)] = 1
+        option_ids, option_mask = option_ids.to(self.device), option_mask.to(self.device)
+        lengths = mask.sum(-1)[owner]
+        option_positions = lengths.unsqueeze(1) + torch.arange(width, device=self.device)
+        logits = self.model(input_ids=option_ids, attention_mask=torch.cat([mask[owner], option_mask], 1),
+                            position_ids=option_positions, **{self._cache_argument(): cache}).logits
+        self.counts.forward += int(mask.sum()) + int(option_mask.sum())
+        first = torch.log_softmax(out.logits[:, -1].float(), -1)[owner].gather(1, option_ids[:, :1]).squeeze(1)
+        rest = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, option_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+        totals = (first + (rest * option_mask[:, 1:]).sum(-1)).tolist()
+        grouped, offset = [], 0
+        for choices in continuations:
+            grouped.append(totals[offset:offset + len(choices)])
+            offset += len(choices)
+        return grouped
+
     @torch.no_grad()
     def exact_match(self, prompts: Sequence[str | Prompt], answers: Sequence[str], max_new_tokens: int,
                     batch_size: int = 256) -> torch.Tensor:
@@ -264,7 +383,7 @@ class Policy:
         if self.engine is not None:
             return self._generate_engine(prompts, max_new_tokens, stop)
         completions: list[str] = []
-        pad, eos = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
+        pad, eos = self.tokenizer.pad_token_id, self.eos_ids or None
         for start in range(0, len(prompts), batch_size):
             rows = [self._encode_prompt(p, reserve=max_new_tokens) for p in prompts[start:start + batch_size]]
             ids, mask = self._left_pad(rows)

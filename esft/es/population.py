@@ -90,7 +90,8 @@ class StepFitness:
     def __init__(self, policy: Policy, task: Task, examples: Sequence[Example], batch_size: int = 256) -> None:
         self.policy, self.task, self.examples = policy, task, list(examples)
         self.batch_size = batch_size
-        self._exact = _PreparedExactMatch(policy, task, self.examples) if task.exact_answer else None
+        self._exact = (_PreparedExactMatch(policy, task, self.examples)
+                       if task.exact_answer and policy.exact_match_is_greedy else None)
         self._prompts = [task.prompt(e) for e in self.examples]
 
     @property

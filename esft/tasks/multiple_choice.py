@@ -16,6 +16,10 @@ its prompts zero-shot, so `few_shot` defaults to 0 (set 5 for es-awd's prompt).
 Extraction: the last "answer is (X)" / "answer: X" / "option is X" (X a valid label, capital), else a
 completion that starts with the letter ("B", "(B)", "B. ...", but not "A good idea"). es-awd's last resort --
 the first stand-alone capital letter anywhere -- is dropped: it reads "I think" as option I.
+
+Log-likelihood scoring (`scoring: loglik`, esft/evaluation.py): `loglik_request` turns an item into
+lm-evaluation-harness's request -- a short "Question: ...\nAnswer:" context (HellaSwag: "activity: context")
+continued by each option's text, no option list and no letters -- so acc / acc_norm are the harness's numbers.
 """
 
 from __future__ import annotations
@@ -79,13 +83,17 @@ class MultipleChoiceTask(SplitTask):
     fields: tuple[str, ...] = ()
     paper_eval_size = 2048
 
-    def __init__(self, data_dir: Any = None, seed: int = 0, *, split: str | None = None, **options: Any) -> None:
+    def __init__(self, data_dir: Any = None, seed: int = 0, *, split: str | None = None,
+                 scoring: str | None = None, **options: Any) -> None:
         super().__init__(data_dir, seed, **options)
         self.split = split or self.default_split
+        if scoring not in (None, "generate", "loglik"):
+            raise EsftError(f"task '{self.name}': scoring={scoring!r} must be generate or loglik")
+        self.scoring = scoring  # None: eval.scoring decides (esft/evaluation.py)
 
     @classmethod
     def option_names(cls) -> tuple[str, ...]:
-        return ("eval_size", "subset_seed", "max_new_tokens", "stop", "split")
+        return ("eval_size", "subset_seed", "max_new_tokens", "stop", "split", "scoring")
 
     def train_examples(self) -> Sequence[Example]:
         return ()
@@ -111,8 +119,18 @@ class MultipleChoiceTask(SplitTask):
         if not 0 <= item.gold < len(item.options) <= len(LETTERS):
             raise EsftError(f"{self.name}: item {item.question[:60]!r} has gold option {item.gold} of "
                             f"{len(item.options)}; fix the data")
-        meta = {"labels": list(LETTERS[: len(item.options)]), "options": item.options, **item.extra}
+        meta = {"labels": list(LETTERS[: len(item.options)]), "options": item.options, "question": item.question,
+                **item.extra}
         return Example(prompt=self._render(item), answer=LETTERS[item.gold], meta=meta)
+
+    def loglik_request(self, example: Example) -> tuple[str, list[str], int]:
+        """(context, option texts, gold index): the harness's log-likelihood request for one item."""
+        options = [str(o) for o in example.meta["options"]]
+        return self._loglik_context(example), options, LETTERS.index(example.answer)
+
+    def _loglik_context(self, example: Example) -> str:
+        """The context the options continue (lm-evaluation-harness's ARC and PIQA form)."""
+        return f"Question: {example.meta['question']}\nAnswer:"
 
     def score(self, completion: str, example: Example) -> float:
         return float(extract_letter(completion, example.meta["labels"]) == example.answer)
@@ -195,6 +213,12 @@ class MmluPro(MultipleChoiceTask):
         shots = "\n".join(self._shot_block(row) for row in self._shots_for(item.extra["category"]))
         return f"{header}{shots}\nQuestion: {item.question}\nOptions:\n{options_block(item.options)}\nAnswer:"
 
+    def _loglik_context(self, example: Example) -> str:
+        """The harness has no log-likelihood MMLU-Pro; this follows its MMLU wording, with option texts as
+        continuations (10 options make letters alone a weak signal for a small model)."""
+        return (f"The following are multiple choice questions about {example.meta['category']}.\n\n"
+                f"Question: {example.meta['question']}\nAnswer:")
+
     def _shot_block(self, row: Mapping[str, Any]) -> str:
         return f"Question: {row['question']}\nOptions:\n{options_block(row['options'])}\nAnswer: {row['cot_content']}\n"
 
@@ -223,8 +247,23 @@ class HellaSwag(MultipleChoiceTask):
         extra = {"id": row.get("ind"), "activity": row.get("activity_label")}
         return Item(str(row["ctx"]), [str(e) for e in row["endings"]], int(row["label"]), extra)
 
+    def _loglik_context(self, example: Example) -> str:
+        """The harness's HellaSwag context, "activity: ctx", with its WikiHow markup cleaned the same way."""
+        return _hellaswag_clean(f"{example.meta['activity']}: {example.meta['question']}")
+
+    def loglik_request(self, example: Example) -> tuple[str, list[str], int]:
+        context, options, gold = super().loglik_request(example)
+        return context, [_hellaswag_clean(o) for o in options], gold
+
     def _render(self, item: Item) -> str:
         return (f"Activity: {item.extra['activity']}\nContext: {item.question}\n\nPossible endings:\n"
                 f"{options_block(item.options)}\n\nWhich ending best completes the scenario? "
                 f"Reply with only the option letter: {', '.join(LETTERS[:len(item.options) - 1])}, "
                 f"or {LETTERS[len(item.options) - 1]}.")
+
+
+def _hellaswag_clean(text: str) -> str:
+    """lm-evaluation-harness's HellaSwag preprocess: " [title]" becomes ". ", other [markup] goes, spaces merge."""
+    text = text.strip().replace(" [title]", ". ")
+    text = re.sub(r"\[[^\]]*\]", "", text)
+    return text.replace("  ", " ")
