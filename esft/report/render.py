@@ -19,8 +19,8 @@ from typing import Any
 from esft.report.metrics import BASE_FIELDS, COMPUTE_FIELDS, DRIFT_FIELDS
 from esft.report.tables import TableData, all_tables, gem_table, lone_seed_note
 
-RUN_FIELDS = ("new_task_gain", "new_task_final", "acc", "bwt", "theta_final", "theta_pred", "theta_ratio", "theta_ratio_free",
-              *COMPUTE_FIELDS, *(f"new_stage_{n}" for n in COMPUTE_FIELDS))
+RUN_FIELDS = ("new_task_gain", "new_task_final", "acc", "bwt", "theta_final", "theta_pred", "theta_ratio",
+              "theta_ratio_free", *COMPUTE_FIELDS, *(f"new_stage_{n}" for n in COMPUTE_FIELDS))
 #: group rows only, when the report compares groups at equal cost (summary["equal_budget"])
 BUDGET_FIELDS = ("budget_steps_in_stage", "budget_new_task_gain", "budget_max_drop", "budget_final_drop")
 CSV_HEADER = ["level", "group", "run", "state", "seed", "new_task", "prior_task", "n",

@@ -253,3 +253,53 @@ def test_groups_are_compared_at_equal_cost_of_the_new_stage(make_run) -> None:
     same_cost = [load_run(make_run(f"l{lam}", lam=lam)) for lam in (0.0, 1.0)]
     groups, keys = group_runs(same_cost)
     assert summarize(groups, keys)[0]["equal_budget"] is None, "equal costs: the main tables already compare"
+
+
+def test_drop_from_the_base_model_shows_drift_before_the_new_stage(make_run) -> None:
+    """The issue's case: an eval-only task falls 99% -> 70% in stage A, then to 24% in stage B. The new stage's
+    max drop is 46 points; measured from the base model (the run's first eval) it is 75."""
+    curves = {"add": [0.2, 0.6, 0.9, 0.5, 0.3, 0.6], "reverse": [0.5, 0.5, 0.5, 0.6, 0.8, 0.9],
+              "subtract": [0.99, 0.8, 0.70, 0.5, 0.24, 0.3]}
+    m = run_metrics(load_run(make_run(curves=curves)))
+    sub = m["prior"]["subtract"]
+    assert sub["start"] == 0.70 and sub["max_drop"] == approx(0.46)
+    assert sub["base"] == 0.99 and sub["base_step"] == 0
+    assert sub["max_drop_from_base"] == approx(0.75) and sub["final_drop_from_base"] == approx(0.69)
+    add = m["prior"]["add"]  # learned in stage A from 20%: never below the base model
+    assert add["base"] == 0.2 and add["max_drop_from_base"] == 0 and add["final_drop_from_base"] == approx(-0.4)
+    groups, keys = group_runs([load_run(make_run("again", curves=curves))])
+    group = summarize(groups, keys)[0]["groups"][0]
+    assert group["prior"]["subtract"]["max_drop_from_base"]["mean"] == approx(0.75)
+    assert group["mean_max_drop_from_base"]["mean"] == approx(0.75 / 2)
+    assert group["new_task_final"]["mean"] == approx(0.9)
+
+
+def test_a_running_run_measures_from_base_only_up_to_its_latest_eval(make_run) -> None:
+    m = run_metrics(load_run(make_run(state="running", until=7)))
+    assert m["prior"]["add"]["final_drop_from_base"] == approx(0.2 - 0.5)  # its latest eval is step 6
+
+
+def test_positions_that_cannot_place_a_row_skip_it(tmp_path) -> None:
+    from esft.report.load import read_jsonl_tolerant
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"step": 1.0, "x": 1}\n{"step": 2.5}\n{"step": "3"}\n{"stage": -Infinity}\n'
+                    '{"step": 5, "x": Infinity}\n{"step": 6, "x": NaN}\n{"step": 7, "nested": {"y": NaN}}\n')
+    rows, warnings = read_jsonl_tolerant(path)
+    assert [r["step"] for r in rows] == [1, 5, 6, 7] and isinstance(rows[0]["step"], int)
+    assert rows[1]["x"] is None and rows[2]["x"] is None
+    assert warnings == [f"{path}: line 2: step is 2.5, not an integer; line skipped",
+                        f"{path}: line 3: step is '3', not an integer; line skipped",
+                        f"{path}: line 4: stage is -inf, not an integer; line skipped",
+                        f"{path}: lines 5, 6: x is not a finite number; that value ignored"]
+
+
+def test_scoring_modes_per_task(make_run) -> None:
+    run = load_run(make_run())
+    for row in run.evals:
+        row["scoring"] = "loglik" if row["task"] == "subtract" else None
+    run.evals[-1]["scoring"] = "generate" if run.evals[-1]["task"] == "subtract" else run.evals[-1]["scoring"]
+    m = run_metrics(run)
+    assert m["scoring"] == {"subtract": "loglik,generate"}
+    groups, keys = group_runs([run])
+    assert summarize(groups, keys)[0]["groups"][0]["scoring"] == {"subtract": "loglik,generate"}
