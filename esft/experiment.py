@@ -289,8 +289,9 @@ class Experiment:
             return (f"disk full while writing {filename or 'the run dir'}; {resume}"
                     f"free space, then `esft train --resume {self.run.root}`")
         reason = getattr(exc, "strerror", None) or "read-only or permission denied"
+        inside = filename is None or Path(filename).resolve().is_relative_to(self.run.root.resolve())
         return (f"cannot write {filename or f'to the run dir {self.run.root}'} ({reason}); {resume}"
-                f"make the run dir writable, then `esft train --resume {self.run.root}`")
+                f"make {'the run dir' if inside else 'it'} writable, then `esft train --resume {self.run.root}`")
 
     def run_all(self) -> Path:
         """setup -> train -> finish under the run dir's lock; a finished run dir is left untouched.

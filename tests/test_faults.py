@@ -154,3 +154,9 @@ def test_a_second_run_on_a_locked_run_dir_refuses_without_touching_it(tmp_path):
     Scripted(run, start_a_second_one).run_all()
     assert seen == ["refused"] and _status(run)["state"] == "done"
     Scripted(run, lambda _: None).run_all()  # released at the end: the next run may take it
+
+
+def test_an_unwritable_file_outside_the_run_dir_is_named_as_such(tmp_path):
+    error = PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "hf-cache" / "model.lock"))
+    with pytest.raises(EsftError, match=r"cannot write .*model.lock \(Permission denied\); .*make it writable"):
+        Scripted(tmp_path / "run", _raise(error)).run_all()
