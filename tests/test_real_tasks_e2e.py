@@ -1,5 +1,6 @@
 """The paper's tasks through the whole pipeline on the tiny model: countdown trained for 2 steps from the
-paper's own data (../shared/data), gsm8k and arc_challenge scored as eval-only tasks at every checkpoint."""
+paper's own data (../shared/data where it is beside the repository, else the rows in tests/data), gsm8k and
+arc_challenge scored as eval-only tasks at every checkpoint."""
 
 from __future__ import annotations
 
@@ -7,18 +8,16 @@ import json
 import time
 
 import pytest
+from conftest import TASK_DATA
 from test_train_e2e import esft  # the subprocess runner of the e2e tests
 
 from esft.rundir import read_jsonl
 
-SHARED_DATA = __import__("pathlib").Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
 
 @pytest.mark.slow
-@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data (the paper's splits) is not present")
 def test_countdown_two_steps_with_gsm8k_and_arc_evals(tmp_path):
     run = tmp_path / "run"
-    args = ["train", "task=countdown", "prior=none", "steps=2", f"data_dir={SHARED_DATA}",
+    args = ["train", "task=countdown", "prior=none", "steps=2", f"data_dir={TASK_DATA}",
             "model.tiny.warmup.steps=30", "model.tiny.warmup.batch_size=64",
             "task.max_new_tokens=8", "es.population_size=4", "es.prompts_per_step=8", "eval.size=8",
             "eval.tasks=[{name: gsm8k, max_new_tokens: 8}, {name: arc_challenge, max_new_tokens: 8}]",

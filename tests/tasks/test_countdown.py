@@ -10,20 +10,23 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import DATA_DIRS, SHARED_DATA, is_paper_data, needs_paper_data
 
 from esft.tasks.base import Example
 from esft.tasks.countdown import Countdown, format_reward, last_answer
 from esft.tasks.registry import build_task
 from esft.tasks.safe_math import safe_eval
 
-DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
-pytestmark = pytest.mark.skipif(not (DATA / "countdown").is_dir(),
-                                reason=f"paper data not found at {DATA} (expected ../shared/data beside the repo)")
+
+@pytest.fixture(scope="module", params=DATA_DIRS)
+def task(request: pytest.FixtureRequest) -> Countdown:
+    """countdown on the tests/data rows, and on the paper's full splits where they are present."""
+    return build_task("countdown", data_dir=str(request.param))
 
 
 @pytest.fixture(scope="module")
-def task() -> Countdown:
-    return build_task("countdown", data_dir=str(DATA))
+def paper_task() -> Countdown:
+    return build_task("countdown", data_dir=str(SHARED_DATA))
 
 
 def solved(solution: str) -> str:
@@ -35,7 +38,9 @@ def all_examples(task: Countdown) -> list[Example]:
     return [*task.train_examples(), *task.eval_examples()]
 
 
-def test_item_counts_follow_the_paper(task: Countdown) -> None:
+@needs_paper_data
+def test_item_counts_follow_the_paper(paper_task: Countdown) -> None:
+    task = paper_task
     assert len(task.train_examples()) == 200 and len(task.eval_examples()) == 2000
     assert task.max_new_tokens == 1024 and task.stop == ()
 
@@ -81,7 +86,9 @@ def test_every_valid_reference_solution_scores_full_reward(task: Countdown) -> N
     print(f"\ncountdown: {passed}/{len(valid)} valid reference solutions score reward 1.1 and accuracy 1; "
           f"{refused}/{len(broken)} references that reuse a number score 0; "
           f"{sum(e.meta['solution'] is None for e in examples)} items have no reference")
-    assert passed == len(valid) == 2166 and refused == len(broken) == 15
+    assert passed == len(valid) > 0 and refused == len(broken) > 0
+    if is_paper_data(task.data_dir):
+        assert (len(valid), len(broken)) == (2166, 15)
 
 
 def test_every_solvable_item_has_a_full_reward_answer(task: Countdown) -> None:
@@ -99,9 +106,11 @@ def test_every_solvable_item_has_a_full_reward_answer(task: Countdown) -> None:
     print(f"\ncountdown: {passed}/{solvable} solvable items score reward 1.1 and accuracy 1 "
           f"({len(unsolvable)} test items have no valid answer: "
           f"{[(e.meta['numbers'], e.answer) for e in unsolvable][:3]} ...)")
-    assert passed == solvable == 2186
+    assert passed == solvable > 0
     test_items = {id(e) for e in task.eval_examples()}
-    assert len(unsolvable) == 14 and all(id(e) in test_items for e in unsolvable)
+    assert all(id(e) in test_items for e in unsolvable)
+    if is_paper_data(task.data_dir):
+        assert (solvable, len(unsolvable)) == (2186, 14)
 
 
 def test_wrong_answers_score_zero(task: Countdown) -> None:
@@ -118,30 +127,35 @@ def test_wrong_answers_score_zero(task: Countdown) -> None:
     extra_number = sum(task.score(solved(e.meta["solution"] + " + 1"), e) == 0.0 for e in extra)
     print(f"\ncountdown: {wrong_value}/{checked} wrong-valued answers and {extra_number}/{len(extra)} answers "
           "with an extra number score 0")
-    assert wrong_value == checked > 1900 and extra_number == len(extra)
+    assert wrong_value == checked > 0.9 * len(examples) and extra_number == len(extra) > 0
 
 
 def test_prompts_reproduce_the_paper_parquet(task: Countdown) -> None:
-    rows = pq.read_table(DATA / "countdown" / "test.parquet").to_pylist()
+    rows = pq.read_table(Path(task.data_dir) / "countdown" / "test.parquet").to_pylist()
     examples = task.eval_examples()
     assert [e.meta["messages"] for e in examples] == [r["prompt"] for r in rows]
     assert all(e.prompt == r["prompt"][1]["content"] for e, r in zip(examples, rows))
     assert all(e.answer == r["extra_info"]["target"] for e, r in zip(examples, rows))
 
 
-def test_countdown_json_fallback_gives_the_same_items(task: Countdown, tmp_path: Path) -> None:
+@needs_paper_data
+def test_countdown_json_fallback_gives_the_same_items(paper_task: Countdown, tmp_path: Path) -> None:
+    """countdown.json, sliced 200 / 2,000, holds the parquet splits' items (the whole file: no fixture copy)."""
+    task = paper_task
     (tmp_path / "countdown").mkdir()
-    shutil.copy(DATA / "countdown" / "countdown.json", tmp_path / "countdown" / "countdown.json")
+    shutil.copy(SHARED_DATA / "countdown" / "countdown.json", tmp_path / "countdown" / "countdown.json")
     from_json = build_task("countdown", data_dir=str(tmp_path))
     assert from_json.train_examples() == task.train_examples()
     assert from_json.eval_examples() == task.eval_examples()
 
 
-def test_hub_rows_are_sliced_like_the_paper(task: Countdown, monkeypatch: pytest.MonkeyPatch) -> None:
+@needs_paper_data
+def test_hub_rows_are_sliced_like_the_paper(paper_task: Countdown, monkeypatch: pytest.MonkeyPatch) -> None:
     """Without data_dir the hub's first 2,200 rows are used, 200 / 2,000 (a fake hub serves the json rows)."""
     import datasets
 
-    items = json.loads((DATA / "countdown" / "countdown.json").read_text())
+    task = paper_task
+    items = json.loads((SHARED_DATA / "countdown" / "countdown.json").read_text())
     hub_rows = [{"target": i["target"], "nums": i["numbers"]} for i in items] + [{"target": "1", "nums": [1]}]
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: datasets.Dataset.from_list(hub_rows))
     hub = build_task("countdown")

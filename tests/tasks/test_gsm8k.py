@@ -6,20 +6,18 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import DATA_DIRS, SHARED_DATA, is_paper_data, needs_paper_data
 
 from esft.errors import EsftError
 from esft.tasks.base import Example
 from esft.tasks.gsm8k import GSM8K, gold_answer
 from esft.tasks.registry import build_task
 
-DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
-needs_data = pytest.mark.skipif(not (DATA / "gsm8k").is_dir(),
-                                reason=f"paper data not found at {DATA} (expected ../shared/data beside the repo)")
 
-
-@pytest.fixture(scope="module")
-def task() -> GSM8K:
-    return build_task("gsm8k", data_dir=str(DATA))
+@pytest.fixture(scope="module", params=DATA_DIRS)
+def task(request: pytest.FixtureRequest) -> GSM8K:
+    """gsm8k on the tests/data rows, and on the paper's full splits where they are present."""
+    return build_task("gsm8k", data_dir=str(request.param))
 
 
 def wrong(example: Example) -> str:
@@ -28,13 +26,13 @@ def wrong(example: Example) -> str:
     return f"{body}#### {int(float(example.answer)) + 1}"
 
 
-@needs_data
-def test_item_counts_follow_the_paper(task: GSM8K) -> None:
+@needs_paper_data
+def test_item_counts_follow_the_paper() -> None:
+    task = build_task("gsm8k", data_dir=str(SHARED_DATA))
     assert len(task.train_examples()) == 200 and len(task.eval_examples()) == 500
     assert task.answer_mode == "strict" and task.max_new_tokens == 1024
 
 
-@needs_data
 def test_every_reference_solution_scores_full_reward(task: GSM8K) -> None:
     examples = [*task.train_examples(), *task.eval_examples()]
     passed = 0
@@ -43,21 +41,21 @@ def test_every_reference_solution_scores_full_reward(task: GSM8K) -> None:
         passed += (task.reward(e.meta["solution"], e) == pytest.approx(1.1) and task.score(e.meta["solution"], e) == 1.0
                    and details["strict"] and details["flexible"] and details["format"] == 1.0)
     print(f"\ngsm8k: {passed}/{len(examples)} reference solutions score reward 1.1, strict and flexible accuracy 1")
-    assert passed == len(examples) == 700
+    assert passed == len(examples) > 0
+    if is_paper_data(task.data_dir):
+        assert len(examples) == 700
 
 
-@needs_data
 def test_wrong_answers_score_zero(task: GSM8K) -> None:
     examples = [*task.train_examples(), *task.eval_examples()]
     passed = sum(task.score(wrong(e), e) == 0.0 and task.reward(wrong(e), e) == pytest.approx(0.1)
                  and not task.match_details(wrong(e), e)["flexible"] for e in examples)
     print(f"\ngsm8k: {passed}/{len(examples)} wrong final answers score 0 (reward 0.1 for the format)")
-    assert passed == len(examples)
+    assert passed == len(examples) > 0
 
 
-@needs_data
 def test_gold_matches_the_paper_ground_truth_and_prompt(task: GSM8K) -> None:
-    rows = pq.read_table(DATA / "gsm8k" / "test.parquet").to_pylist()
+    rows = pq.read_table(Path(task.data_dir) / "gsm8k" / "test.parquet").to_pylist()
     examples = task.eval_examples()
     assert [e.answer for e in examples] == [r["reward_model"]["ground_truth"].replace(",", "") for r in rows]
     assert [e.meta["messages"] for e in examples] == [r["prompt"] for r in rows]

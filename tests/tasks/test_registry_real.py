@@ -10,6 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import TASK_DATA, needs_paper_data
 from omegaconf import OmegaConf
 
 from esft.errors import EsftError
@@ -19,11 +20,9 @@ from esft.tasks.registry import available, build_task
 from esft.tasks.trl_rewards import completion_text, trl_reward_fn, trl_rows
 
 REPO = Path(__file__).resolve().parents[2]
-DATA = REPO / ".." / "shared" / "data"
-needs_data = pytest.mark.skipif(not (DATA / "gsm8k").is_dir(),
-                                reason=f"paper data not found at {DATA} (expected ../shared/data beside the repo)")
+DATA = TASK_DATA  # the paper's full splits beside the repository, else the rows in tests/data
 PAPER_TASKS = ("countdown", "gsm8k", "proofwriter", "arc_challenge", "piqa", "mmlu_pro", "hellaswag")
-LOCAL_TASKS = PAPER_TASKS[:-1]  # hellaswag is not in ../shared/data
+LOCAL_TASKS = PAPER_TASKS[:-1]  # hellaswag is neither in ../shared/data nor in tests/data
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +48,7 @@ def test_unknown_options_and_bad_values_are_user_errors() -> None:
         build_task("gsm8k".replace("8", "9"))
 
 
-@needs_data
+@needs_paper_data
 def test_configured_tasks_load_the_paper_item_counts(tasks: dict[str, Task]) -> None:
     counts = {name: (len(task.train_examples()), len(task.eval_examples())) for name, task in tasks.items()}
     print(f"\nitem counts (train, eval): {counts}")
@@ -57,7 +56,6 @@ def test_configured_tasks_load_the_paper_item_counts(tasks: dict[str, Task]) -> 
                       "arc_challenge": (0, 1172), "piqa": (0, 1838), "mmlu_pro": (0, 2048)}
 
 
-@needs_data
 def test_sizes_and_subset_seed_are_configurable() -> None:
     small = build_task({"name": "gsm8k", "train_size": 10, "eval_size": 20}, data_dir=str(DATA))
     assert len(small.train_examples()) == 10 and len(small.eval_examples()) == 20
@@ -94,7 +92,6 @@ def test_missing_local_file_and_fields_are_named(tmp_path: Path) -> None:
         build_task("gsm8k", data_dir=str(tmp_path)).eval_examples()
 
 
-@needs_data
 def test_trl_reward_fn_matches_the_task_reward(tasks: dict[str, Task]) -> None:
     for name in ("countdown", "gsm8k", "proofwriter", "arc_challenge"):
         task = tasks[name]
@@ -147,7 +144,6 @@ HOSTILE = {
 }
 
 
-@needs_data
 @pytest.mark.parametrize("name", LOCAL_TASKS)
 @pytest.mark.parametrize("case", sorted(HOSTILE))
 def test_hostile_completions_score_zero_quickly(name: str, case: str, tasks: dict[str, Task], tmp_path: Path,
