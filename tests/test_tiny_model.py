@@ -140,7 +140,7 @@ def test_warmup_lowers_loss_and_reports_accuracies(built: dict[str, Any]) -> Non
 
 def test_cache_is_written_then_loaded_with_identical_weights(built: dict[str, Any]) -> None:
     cache: Path = built["cache"]
-    assert built["lines"][0] == f"warming up the tiny model once (~1 s); cached at {cache}"
+    assert built["lines"][0] == f"warming up the tiny model once (30 steps); cached at {cache}"
     assert (cache / MARKER).is_file() and (cache / WEIGHTS).is_file()
     assert [p.name for p in cache.parent.iterdir()] == [cache.name]  # the temp dir was renamed into place
 

@@ -43,6 +43,7 @@ from transformers.utils import logging as hf_logging
 
 from esft.errors import EsftError
 from esft.models.tiny import build_model, build_tokenizer
+from esft.progress import progress_bar
 from esft.tasks.base import Example
 from esft.tasks.registry import build_task
 
@@ -53,7 +54,6 @@ REPORTED_TASKS = ("add", "reverse", "subtract")
 PROMPT_LEN, ANSWER_LEN = 6, 3
 MARKER = "warmup.json"
 WEIGHTS = "model.safetensors"
-_SECONDS_PER_EXAMPLE = 45 / (800 * 256)  # measured on 2 idle cores, for the "~45 s" message
 Log = Callable[[str], None]
 
 
@@ -162,16 +162,16 @@ def warmup_tiny(
     losses: list[float] = []
     start = time.perf_counter()
     model.train()
-    for step in range(1, steps + 1):
-        loss = _answer_loss(model, _sample_batch(data, probs, batch_size, gen), alphabet, position)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        if step % max(1, steps // 4) == 0 and step < steps:
-            log(f"  warm-up step {step}/{steps}: loss {losses[-1]:.3f}")
+    with progress_bar("warming up the tiny model", steps, short="warm-up", log=log) as bar:
+        for step in range(1, steps + 1):
+            loss = _answer_loss(model, _sample_batch(data, probs, batch_size, gen), alphabet, position)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+            bar.update(step, f"loss {losses[-1]:.3f}")
     seconds = time.perf_counter() - start
     model.eval()
     tail = losses[-10:]
@@ -332,8 +332,8 @@ def _load_if_cached(final: Path, log: Log, repair: bool
 
 
 def _warm_up_and_cache(tiny_cfg: Mapping[str, Any], final: Path, key: str, log: Log):
-    estimate = _SECONDS_PER_EXAMPLE * int(tiny_cfg["warmup"]["steps"]) * int(tiny_cfg["warmup"]["batch_size"])
-    log(f"warming up the tiny model once (~{max(1, round(estimate))} s); cached at {final}")
+    # no fixed time estimate: it was 45 s on idle cores and 30 min under load; the progress bar's ETA is measured
+    log(f"warming up the tiny model once ({int(tiny_cfg['warmup']['steps'])} steps); cached at {final}")
     model, tokenizer, metrics = _build_and_publish(tiny_cfg, final, key, log)
     acc = ", ".join(f"{n} {100 * a:.1f}%" for n, a in metrics["accuracy"].items())
     log(f"tiny model warmed up in {metrics['seconds']:.0f} s; held-out exact match: {acc}")
