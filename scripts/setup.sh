@@ -4,15 +4,26 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+# One line per stage, and pip without -q on the long installs: torch alone is minutes of download on a fresh
+# machine, and a silent script looks hung.
+stage() { echo "esft setup: $*"; }
+if [ -x .venv/bin/python ]; then
+  stage "virtual environment .venv exists"
+else
+  stage "creating the virtual environment .venv with $PYTHON"
+  "$PYTHON" -m venv .venv
+fi
 # shellcheck disable=SC1091
 . .venv/bin/activate
-if ! python -c "import torch" >/dev/null 2>&1; then
-  if command -v nvidia-smi >/dev/null 2>&1; then
-    pip install -q "${ESFT_TORCH_SPEC:-torch>=2.4}"
-  else
-    pip install -q "${ESFT_TORCH_SPEC:-torch==2.13.0}"   # the CPU build on this project's machines
-  fi
+if python -c "import torch" >/dev/null 2>&1; then
+  stage "torch $(python -c 'import torch; print(torch.__version__)') already installed"
+elif command -v nvidia-smi >/dev/null 2>&1; then
+  stage "installing torch with CUDA (a GPU was found: a multi-GB download)"
+  pip install "${ESFT_TORCH_SPEC:-torch>=2.4}"
+else
+  stage "installing CPU-only torch (no GPU found)"
+  pip install "${ESFT_TORCH_SPEC:-torch==2.13.0}"   # the CPU build on this project's machines
 fi
-pip install -q -e ".[test]"
+stage "installing esft (editable) with its test extra"
+pip install -e ".[test]"
 python -c "import esft, torch, transformers, hydra; print(f'esft ready: torch {torch.__version__}, transformers {transformers.__version__}')"
