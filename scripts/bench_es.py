@@ -360,7 +360,9 @@ def main(argv: list[str] | None = None) -> int:
     for required in ("reference", "inplace", "lowrank", "lowrank-frozen", "inference-seq", "inference-batched"):
         if required not in methods:
             parser.error(f"--methods must include {required} (the summary compares them)")
-    log = lambda text: print(text, file=sys.stderr if args.json else sys.stdout, flush=True)
+    def log(text: str) -> None:
+        print(text, file=sys.stderr if args.json else sys.stdout, flush=True)
+
     machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                f"{args.threads} threads" + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""))
     log(f"machine: {machine}")

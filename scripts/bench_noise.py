@@ -107,6 +107,38 @@ def philox_rows(sizes: list[int], threads: int, repeats: int, compiled: bool, de
     return rows
 
 
+# -- per-step time model on one GPU (an ESTIMATE until scripts/gpu_session.sh measures it) --------------------
+#: assumptions, each a published or conservative figure, not a measurement on this machine
+HOST_THREADS = 16  # host cores feeding one GPU (the issue's H100 box)
+PCIE_PAGEABLE_GBS = 12.0  # host->device copy from pageable memory (PCIe 4/5 x16 in practice: 10-14 GB/s)
+PCIE_PINNED_GBS = 25.0  # from pinned memory
+GPU_PHILOX_NS = {"compiled": 0.01, "eager": 0.15}  # ns/number on an H100: one fused kernel writing 4 B/number at
+# ~3 TB/s plus ~30 integer ops/number; eager: ~250 int64 elementwise passes over n/8 counters (~500 B/number)
+MODEL_NUMEL = {"0.5B": 494_032_768, "1.5B": 1_543_714_304, "7B": 7_615_616_512}
+MEMBERS, DRAWS = 30, 15  # N = 30 antithetic members: 15 draws, none cached (es.cache_noise=auto: they do not fit)
+
+
+def step_model(cpu_ns_per_number: float) -> dict[str, dict[str, float]]:
+    """Seconds of noise work per ES step (forward passes excluded: the same for both), old vs new noise.
+
+    old (iid, host): each member's draw is made on the host (HOST_THREADS streams in parallel, prefetched, so it
+    overlaps the previous member's forwards; counted once per draw) and copied over PCIe from a pinned buffer once
+    per member; the update regenerates every draw on the host and copies it over PCIe again (not overlapped).
+    new (philox, device): each member's noise is drawn on the GPU in blocks, and again for the update."""
+    host = cpu_ns_per_number / HOST_THREADS
+    copy = 4 / PCIE_PINNED_GBS
+    rows = {}
+    for name, numel in MODEL_NUMEL.items():
+        ns = numel * 1e-9
+        old_eval = MEMBERS * copy * ns  # the draw itself hides behind the forwards (prefetch)
+        old_update = DRAWS * (host + copy) * ns
+        row = {"old eval noise (s)": old_eval, "old update (s)": old_update, "old total (s)": old_eval + old_update}
+        for kind, gpu in GPU_PHILOX_NS.items():
+            row[f"new {kind} (s)"] = (MEMBERS + DRAWS) * gpu * ns
+        rows[name] = row
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="qwen2-0.5b", choices=sorted(SHAPES))
@@ -117,7 +149,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true", help="with --philox: also the torch.compile kernel")
     parser.add_argument("--device", default="cpu", help="with --philox: where to draw (cpu | cuda)")
     parser.add_argument("--no-full-draw", action="store_true", help="with --philox: skip the full-model draw")
+    parser.add_argument("--step-model", action="store_true",
+                        help="print the per-step noise time model for one GPU (an estimate) from torch.randn here")
     args = parser.parse_args(argv)
+    if args.step_model:
+        torch.set_num_threads(1)
+        numbers = 1 << 22
+        out = torch.empty(numbers)
+        measured = _timed(lambda: torch.randn(numbers, out=out), torch.device("cpu"), args.repeats) / numbers * 1e9
+        print(f"ESTIMATE (no GPU measured): torch.randn on this CPU {measured:.2f} ns/number/thread, {HOST_THREADS} "
+              f"host threads, PCIe {PCIE_PINNED_GBS:g} GB/s pinned, GPU philox {GPU_PHILOX_NS} ns/number; "
+              f"N={MEMBERS}, {DRAWS} uncached draws")
+        model = step_model(measured)
+        for name, row in model.items():
+            print(f"  {name:5s} " + "  ".join(f"{k} {v:7.2f}" for k, v in row.items()))
+        if args.json:
+            print(json.dumps({"cpu_randn_ns": measured, "estimate": model}))
+        return 0
     sizes = parameter_sizes(args.model)
     if args.philox:
         rows = philox_rows(sizes, args.threads, args.repeats, args.compile, torch.device(args.device),

@@ -74,3 +74,25 @@ def test_bench_noise_times_chunked_and_unchunked_draws(monkeypatch, capsys):
     assert set(result["seconds_per_draw"]) == {"chunked, 1 thread", "chunked, 2 threads", "unchunked, 1 thread",
                                                "unchunked, 2 threads"}
     assert all(seconds > 0 for seconds in result["seconds_per_draw"].values())
+
+
+def test_bench_noise_measures_philox_and_prints_the_step_model(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    bench = _load("bench_noise")
+    small = ({"architecture": "qwen2", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+              "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 64}, 258)
+    monkeypatch.setattr(bench, "SHAPES", {"small": small})
+    previous = torch.get_num_threads()
+    try:
+        assert bench.main(["--model", "small", "--philox", "--threads", "2", "--repeats", "1", "--json"]) == 0
+        philox = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["philox"]
+        assert bench.main(["--step-model", "--repeats", "1", "--json"]) == 0
+        model = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    finally:
+        torch.set_num_threads(previous)
+    assert {"philox eager, 1 thread (ns/number)", "torch.randn, 2 threads (ns/number)",
+            "philox full draw, 2 threads (s)"} <= set(philox)
+    assert all(value > 0 for value in philox.values())
+    assert set(model["estimate"]) == set(bench.MODEL_NUMEL)
+    for row in model["estimate"].values():  # the new design never does more noise work than the old one
+        assert row["new compiled (s)"] < row["new eager (s)"] < row["old total (s)"]

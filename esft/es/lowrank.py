@@ -42,8 +42,8 @@ from torch import nn
 from torch.func import functional_call
 
 from esft.errors import EsftError
-from esft.es.awd import apply_awd
 from esft.es import philox
+from esft.es.awd import apply_awd
 from esft.es.noise import FlatNoise, _tensor_seed
 
 #: per tensor of one draw: (A, B) for a matrix, a flat normal vector for the rest, None when frozen
@@ -277,7 +277,9 @@ class _GenericHook:
 
     def _per_member(self, module: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
         count, outputs = self.batch.count, []
-        split = lambda v: v.chunk(count) if torch.is_tensor(v) and v.dim() and v.shape[0] % count == 0 else None
+        def split(v: Any) -> Any:
+            return v.chunk(count) if torch.is_tensor(v) and v.dim() and v.shape[0] % count == 0 else None
+
         for member in range(count):
             params = {name: self._member_param(index, member) for name, index in self.own.items()}
             member_args = tuple(split(a)[member] if split(a) else a for a in args)

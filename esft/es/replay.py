@@ -87,7 +87,7 @@ def _portable_step(theta: torch.Tensor, anchor: torch.Tensor, noise: NoiseGenera
     does not depend on the block size, so live, resumed and replayed steps agree bit for bit on any device.
     Besides theta it holds three blocks (noise, direction, previous weights): no D-sized buffer."""
     rate = settings.alpha / settings.population_size
-    size = min(PORTABLE_BLOCK, noise.numel)
+    size = min(PORTABLE_BLOCK, max(1 << 16, noise.numel // 16), noise.numel)  # any size gives the same theta
     eps, direction, previous = (torch.empty(size, device=theta.device) for _ in range(3))
     squared = 0.0
     for start in range(0, noise.numel, size):

@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from esft.es.awd import validate_awd
 from esft.core.accounting import peak_memory, reset_peak_memory
 from esft.core.sampling import sample_indices
+from esft.es.awd import validate_awd
 from esft.es.params import FlatParams
 from esft.es.population import StepFitness, build_evaluator, build_noise, resolve_cache_noise
 from esft.es.replay import apply_step
