@@ -7,8 +7,6 @@ import json
 import pytest
 from tracking_helpers import expected_points
 
-pytest.importorskip("mlflow")
-
 
 def _client_and_run(run_dir):
     from mlflow.tracking import MlflowClient

@@ -9,8 +9,6 @@ from tracking_helpers import expected_points
 
 from esft.tracking.tensorboard import read_scalar_steps, read_scalars
 
-pytest.importorskip("tensorboard")
-
 
 def test_scalars_equal_the_jsonl_rows(tracked_run):
     want = expected_points(tracked_run)

@@ -9,8 +9,6 @@ from tracking_helpers import expected_points
 
 from esft.tracking.wandb_records import history_rows, run_files, run_summary
 
-pytest.importorskip("wandb")
-
 
 def _logged(run_dir) -> dict[str, dict[int, float]]:
     """tag -> {step: value} over every session of the run; a repeated (tag, step) fails."""
