@@ -155,7 +155,7 @@ def _header(summary: dict[str, Any]) -> list[str]:
         lines.append(f"Prior tasks filtered to: {summary['task_filter']}.")
     if not_done:
         lines.append("Not finished (included, marked): " + ", ".join(not_done) + ".")
-    lines += [note[0].upper() + note[1:] + "." for note in lone_seed_note(summary)]
+    lines += [f"{note}." for note in lone_seed_note(summary)]
     return lines
 
 

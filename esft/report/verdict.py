@@ -80,7 +80,9 @@ def pair_lines(base: dict[str, Any], other: dict[str, Any], key: str) -> list[st
         change = f"at {_pts(a['mean'])}" if verb == "left" else f"from {_pts(a['mean'])} to {_pts(b['mean'])}"
         line = f"{setting} {verb} the max drop of {task} {change} points in the new stage"
         fa, fb = _metric(base, task, "max_drop_from_base"), _metric(other, task, "max_drop_from_base")
-        if fa.get("n") and fb.get("n"):
+        if fa.get("n") and fb.get("n") and max(fa["mean"], fb["mean"]) * 100 < SAME_PTS:
+            line += " (never below the base model in either)"  # e.g. a task trained in an earlier stage
+        elif fa.get("n") and fb.get("n"):
             line += f" ({_pts(fa['mean'])} -> {_pts(fb['mean'])} from the base model)"
         lines.append(f"{line} ({_spread(a, b)})")
     a, b = base.get("new_task_final") or {}, other.get("new_task_final") or {}

@@ -233,7 +233,7 @@ def test_units_final_accuracy_and_one_seed_are_stated(rendered) -> None:
     assert "60.0" in stdout and "new-task final %" in stdout and "90.0" in stdout
     assert not re.search(r"\b0\.600\b", stdout)  # no fraction left on screen (0.6000 is |θ-θ0|, not a drop)
     md = (out / "report.md").read_text()
-    assert "N=1 seed in every group: no spread, no claim" in md and "n=1 seed in every group" in stdout
+    assert "n=1 seed in every group: no spread, no claim" in md and "n=1 seed in every group" in stdout
     assert md.index("## Verdict") < md.index("## Tables")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["groups"][0]["new_task_final"]["mean"] == pytest.approx(0.9)  # the JSON keeps fractions
@@ -248,8 +248,8 @@ def test_verdict_compares_groups_that_differ_in_one_setting(make_sweep, tmp_path
     code, stdout = report([root], tmp_path / "out")
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert code == 0 and summary["verdict"] == [
-        "awd.lambda=1 (vs 0) cut the max drop of add from 60.0 to 5.0 points in the new stage (0.0 -> 0.0 from "
-        "the base model) (n=2 seeds each; the gap is larger than the two seed spreads added)",
+        "awd.lambda=1 (vs 0) cut the max drop of add from 60.0 to 5.0 points in the new stage (never below the "
+        "base model in either) (n=2 seeds each; the gap is larger than the two seed spreads added)",
         "awd.lambda=1 (vs 0) cut the max drop of subtract from 10.0 to 0.0 points in the new stage (10.0 -> 0.0 "
         "from the base model) (n=2 seeds each; the gap is larger than the two seed spreads added)",
         "awd.lambda=1 (vs 0): new task reverse ended at 95.0% vs 90.0%, gain 45.0 vs 40.0 points (n=2 seeds each; "
