@@ -203,12 +203,12 @@ class LoopProgress:
         self._next_mark = 1
 
     def items(self) -> list[Item]:
-        """The live line: description, bar, count, elapsed, ETA, note; the note and the elapsed time go first."""
+        """The live line: description, bar, count, elapsed, ETA, note; the elapsed time goes first, then the note."""
         names = (self.description, self.short or "", "") if self.short else (self.description, "")
         description = Field(names, cuts=(5, 7) if self.short else (7,), style="bold")
         elapsed, eta = _timing_fields(self.pace, self.done, self.total, self.finished)
-        note = Field((self.note, ""), cuts=(1,)) if self.note else Field(("",))
-        count = Field((f"{self.done}/{self.total} {self.unit}s", f"{self.done}/{self.total}"), cuts=(3,))
+        note = Field((self.note, ""), cuts=(3,)) if self.note else Field(("",))
+        count = Field((f"{self.done}/{self.total} {self.unit}s", f"{self.done}/{self.total}"), cuts=(4,))
         return [description, Bar(self.done, self.total, finished=self.finished), count, elapsed, eta, note]
 
     def __enter__(self) -> "LoopProgress":
@@ -320,10 +320,13 @@ class RunDisplay:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.finished = exc[0] is None and self.completed >= self.total
         if self._live is not None:
-            self.finished = exc[0] is None and self.completed >= self.total
             self._live.refresh()  # the frame left on screen: the final step, the final evaluation, the time taken
             self._live.__exit__(*exc)
+        elif self.finished:  # the last step line predates the stage-end evaluation: close with the final state
+            log.info("finished step %d/%d in %s | last %s", self.completed, self.total,
+                     clock_text(self.pace.elapsed()), self.last_evals or "eval: -")
 
     def stage(self, index: int, task: str, completed: int) -> None:
         self.stage_index, self.stage_task, self.completed = index, task, completed

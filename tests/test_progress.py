@@ -123,15 +123,17 @@ def test_plain_lines_carry_the_eta_and_the_step_of_the_eval(caplog: pytest.LogCa
     with caplog.at_level(logging.INFO, logger="esft"), display:
         display.stage(0, "add", 0)
         display.evals(0, "stage_start", ROWS[:1])
-        for step in range(1, 6):
+        for step in range(1, 21):
             clock.now += 3
             display.step(metrics(step))
+        display.evals(20, "stage_end", ROWS[1:2])
     lines = [r.getMessage() for r in caplog.records]
     assert lines[0] == "stage 1/1 add: starting at step 1"
     assert lines[1] == "eval @ step 0 (stage_start): add 54.0"
-    assert len(lines) == 3  # one step line, at step 5 (log_every)
+    assert len(lines) == 8  # a step line every 5 steps (log_every), the last eval, the closing line
     assert lines[2].startswith("stage 1/1 add step 5/20 reward 0.539±0.044 |θ-θ0| 0.0123 1.50s/step, eta 0:45")
     assert lines[2].endswith("| last eval @ step 0: add 54.0")
+    assert lines[-1] == "finished step 20/20 in 1:00 | last eval @ step 20: reverse 48.0"
 
 
 def test_pace_ignores_the_steps_of_an_earlier_process() -> None:
@@ -186,6 +188,8 @@ def test_loop_progress_live_line_fits(width: int) -> None:
     line = render(StatusLine(bar.items), width)
     assert len(line) <= width and bar_width(line) >= 10
     assert "200/800" in line and "eta 1:30" in line
+    if width == 80:  # the loss says more about a warm-up than the elapsed time does
+        assert "loss 0.632" in line and "elapsed" not in line
 
 
 def test_progress_bar_on_a_terminal_draws_instead_of_logging() -> None:
