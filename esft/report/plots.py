@@ -124,7 +124,8 @@ def plot_prior_accuracy(summary: dict[str, Any], curves: dict[str, Any], path: P
             if text:
                 drops.append((text, _color(i)))
         for line, (text, color) in enumerate(drops):  # one line per group, in its colour, bottom left
-            ax.text(0.02, 0.03 + 0.07 * line, text, transform=ax.transAxes, fontsize=7, color=color)
+            ax.text(0.02, 0.03 + 0.075 * line, text, transform=ax.transAxes, fontsize=7, color=color, zorder=5,
+                    bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "none", "pad": 1.0})
         _stage_lines(ax, curves)
         ax.set_title(f"prior task: {task}")
         ax.set_xlabel("global step")

@@ -70,7 +70,8 @@ def _metric(group: dict[str, Any], task: str, name: str) -> dict[str, Any]:
 
 def pair_lines(base: dict[str, Any], other: dict[str, Any], key: str) -> list[str]:
     """One line per prior task both groups have, then one for the new task."""
-    setting = f"{key}={other['key'][key]} (vs {base['key'][key]})"
+    shared = ", ".join(f"{k}={v}" for k, v in other["key"].items() if k != key)  # what both groups hold fixed
+    setting = f"{key}={other['key'][key]} (vs {base['key'][key]}{'; ' + shared if shared else ''})"
     lines = []
     for task in [t for t in base["prior"] if t in other["prior"]]:
         a, b = _metric(base, task, "max_drop"), _metric(other, task, "max_drop")

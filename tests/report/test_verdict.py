@@ -55,3 +55,9 @@ def test_a_single_group_states_its_drops() -> None:
     summary = {"groups": [group({}, 0.46, 0.75, 0.9, 0.4)]}
     assert verdict(summary) == ["subtract: max drop 46.0 points in the new stage, 75.0 from the base model "
                                 "(n=1 seed: no spread, no claim)"]
+
+
+def test_the_settings_held_fixed_are_named() -> None:
+    g = [group({"awd.lambda": "0", "pop": "16"}, 0.5, 0.5, 0.9, 0.4),
+         group({"awd.lambda": "0", "pop": "32"}, 0.1, 0.1, 0.9, 0.4)]
+    assert verdict({"groups": g})[0].startswith("pop=32 (vs 16; awd.lambda=0) cut the max drop of subtract from 50.0")
