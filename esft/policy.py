@@ -309,7 +309,7 @@ class Policy:
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                          logits_to_keep=1)
         owner = torch.tensor([i for i, choices in enumerate(continuations) for _ in choices], device=self.device)
-        cache = out.past_key_values
+        cache = out.cache if "cache" in out else out.past_key_values  # transformers 5.x renamed the field
         cache.batch_select_indices(owner)
         rows = [c for choices in continuations for c in choices]
         width = max(len(r) for r in rows)
