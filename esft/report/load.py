@@ -141,12 +141,22 @@ def discover(paths: list[str]) -> tuple[list[Path], list[str]]:
 
 #: row keys that place a row (global step, curriculum stage): a row without a usable one cannot be placed
 POSITION_KEYS = ("step", "stage")
+#: values the report computes with (esft/rundir.py documents the rows): anything but a finite number there is
+#: dropped as a value, so one hand-edited cell costs that cell, not the run
+NUMERIC_KEYS = frozenset({
+    "accuracy", "reward", "n", "theta_dist", "update_norm", "reward_mean", "reward_std", "reward_min",
+    "reward_max", "population_evals", "forward_tokens", "backward_tokens", "generated_tokens", "seconds",
+    "wall_time",
+})
 #: at most this many line numbers are listed in one warning about non-finite values
 _LISTED_LINES = 5
 
 
-def _not_finite(value: Any) -> bool:
-    return isinstance(value, float) and not math.isfinite(value)
+def _not_finite(value: Any, numeric: bool = False) -> bool:
+    """NaN or infinity anywhere; for a NUMERIC_KEYS value also anything that is not a number (a string, a bool)."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    return numeric and value is not None and (isinstance(value, bool) or not isinstance(value, int))
 
 
 def _bad_position(row: dict[str, Any]) -> str | None:
@@ -163,9 +173,10 @@ def _bad_position(row: dict[str, Any]) -> str | None:
 
 
 def _drop_non_finite(row: dict[str, Any]) -> list[str]:
-    """Null every top-level NaN/infinity in place (Python's json reads them; esft never writes them, see
-    esft.rundir.dumps, so they come from a hand edit or a foreign writer); returns the keys nulled."""
-    keys = [key for key, value in row.items() if _not_finite(value)]
+    """Null every top-level NaN/infinity, and any non-number under a NUMERIC_KEYS key, in place (Python's json
+    reads NaN and 1e999; esft never writes them, see esft.rundir.dumps, so they come from a hand edit or a
+    foreign writer); returns the keys nulled."""
+    keys = [key for key, value in row.items() if _not_finite(value, key in NUMERIC_KEYS)]
     for key in keys:
         row[key] = None
     return keys

@@ -539,7 +539,7 @@ def summarize(groups: list[Group], keys: list[str], task: str | None = None,
             try:  # rows of the wrong shape must not sink the whole report
                 m = run_metrics(run)
                 per_curves.append(run_curves(run, m))
-            except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+            except (KeyError, TypeError, ValueError, ZeroDivisionError, OverflowError) as exc:
                 summary["problems"].append(f"{run.path}: cannot compute its metrics ({type(exc).__name__}: "
                                            f"{exc}); run left out")
                 continue

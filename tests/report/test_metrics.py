@@ -284,14 +284,17 @@ def test_positions_that_cannot_place_a_row_skip_it(tmp_path) -> None:
 
     path = tmp_path / "rows.jsonl"
     path.write_text('{"step": 1.0, "x": 1}\n{"step": 2.5}\n{"step": "3"}\n{"stage": -Infinity}\n'
-                    '{"step": 5, "x": Infinity}\n{"step": 6, "x": NaN}\n{"step": 7, "nested": {"y": NaN}}\n')
+                    '{"step": 5, "x": Infinity}\n{"step": 6, "x": NaN}\n{"step": 7, "nested": {"y": NaN}}\n'
+                    '{"step": 8, "accuracy": true, "task": "t"}\n')
     rows, warnings = read_jsonl_tolerant(path)
-    assert [r["step"] for r in rows] == [1, 5, 6, 7] and isinstance(rows[0]["step"], int)
+    assert [r["step"] for r in rows] == [1, 5, 6, 7, 8] and isinstance(rows[0]["step"], int)
+    assert rows[4] == {"step": 8, "accuracy": None, "task": "t"}  # a bool is no accuracy
     assert rows[1]["x"] is None and rows[2]["x"] is None
     assert warnings == [f"{path}: line 2: step is 2.5, not an integer; line skipped",
                         f"{path}: line 3: step is '3', not an integer; line skipped",
                         f"{path}: line 4: stage is -inf, not an integer; line skipped",
-                        f"{path}: lines 5, 6: x is not a finite number; that value ignored"]
+                        f"{path}: lines 5, 6: x is not a finite number; that value ignored",
+                        f"{path}: line 8: accuracy is not a finite number; that value ignored"]
 
 
 def test_scoring_modes_per_task(make_run) -> None:

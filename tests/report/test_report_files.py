@@ -13,7 +13,7 @@ import pytest
 from rich.console import Console
 
 from esft.report.command import drift_report
-from esft.rundir import EVALS_FILE
+from esft.rundir import EVALS_FILE, RUN_INFO_FILE
 
 PNGS = ["prior_accuracy.png", "new_task_accuracy.png", "theta_drift.png", "drop_vs_cost.png"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -175,10 +175,22 @@ def test_failed_and_statusless_runs_are_marked(make_run, tmp_path: Path) -> None
     assert c["prior"]["add"] is None and c["new_task_gain"]["gain"] is None  # never reached the new stage
 
 
-def test_rows_of_the_wrong_shape_leave_that_run_out(make_run, tmp_path: Path, capsys) -> None:
+def test_a_value_of_the_wrong_type_costs_that_value_only(make_run, tmp_path: Path, capsys) -> None:
     good, bad = make_run("good"), make_run("bad", seed=1)
     with open(bad / EVALS_FILE, "a") as handle:
         handle.write('{"step": 10, "stage": 1, "task": "add", "accuracy": "high"}\n')
+    code, _ = report([good, bad], tmp_path / "out")
+    err = capsys.readouterr().err.strip().splitlines()
+    lines = len((bad / EVALS_FILE).read_text().splitlines())
+    assert code == 0 and err == [f"esft drift-report: warning: {bad / EVALS_FILE}: line {lines}: accuracy is not a "
+                                 "finite number; that value ignored"]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert [r["name"] for r in summary["runs"]] == ["good", "bad"] and summary["groups"][0]["n_runs"] == 2
+
+
+def test_a_run_whose_records_cannot_be_used_is_left_out(make_run, tmp_path: Path, capsys) -> None:
+    good, bad = make_run("good"), make_run("bad", seed=1)
+    (bad / RUN_INFO_FILE).write_text(json.dumps({"stages": [{"index": 0}, {"index": 1}]}))  # stages without tasks
     code, _ = report([good, bad], tmp_path / "out")
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 0 and len(err) == 1 and f"{bad}: cannot compute its metrics" in err[0]
