@@ -61,7 +61,9 @@ class FlatParams:
                 self.master = self.work if share_master else self.work.clone()
             else:
                 self.work = None
-                self.master = torch.cat([p.detach().reshape(-1).float() for _, p in self.named]).to(self.device)
+                self.master = torch.empty(self.numel, device=self.device)  # filled per tensor: no fp32 copy of the
+                for (_, param), (_, part) in zip(self.named, self.slices()):  # model list next to the cat
+                    self.master[part].copy_(param.detach().reshape(-1))
             self.theta0 = self._initial_weights()
 
     def _gather_model(self) -> torch.Tensor:
