@@ -55,7 +55,8 @@ class Field:
 
 @dataclass(frozen=True)
 class Bar:
-    """The progress bar: as wide as the line leaves room for, between `min_width` and `max_width` cells."""
+    """The progress bar: as wide as the line leaves room for, between `min_width` and `max_width` cells (a line
+    has at most one)."""
 
     completed: float
     total: float
@@ -71,6 +72,8 @@ def fit_line(items: Sequence[Item], width: int) -> tuple[list[str], int]:
     """The form of every field and the bar width that fit `items` into `width` cells (one space between
     non-empty items). Cuts are applied in rank order across all fields until the line fits; if it still does
     not, the caller truncates (only then can a field without cuts be lost)."""
+    if sum(isinstance(item, Bar) for item in items) > 1:
+        raise ValueError("a status line has at most one Bar")
     levels = [0] * len(items)
 
     def form(i: int) -> str:

@@ -90,6 +90,8 @@ def test_fit_line_applies_cuts_in_rank_order_and_widens_the_bar() -> None:
     assert fit_line(items, 16) == (["aaaa", "", "bbbb"], 6)
     assert fit_line(items, 13) == (["aaaa", "", ""], 8)  # rank 1 (bbbb) goes before rank 2 (aaaa -> a)
     assert fit_line(items, 8) == (["a", "", ""], 6)
+    with pytest.raises(ValueError, match="at most one Bar"):
+        fit_line([Bar(0, 1), Bar(0, 1)], 80)
     with pytest.raises(ValueError, match="cut rank"):
         Field(("x", "y", ""), cuts=(2, 1))
 
