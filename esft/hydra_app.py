@@ -35,13 +35,16 @@ _FAILED_JOBS: list[str] = []  # run dirs of sweep jobs that failed; the sweep go
 def train_job(cfg: DictConfig) -> None:
     from esft.distributed_run import make_experiment
     from esft.threads import configure_threads, launcher_parallelism
+    from esft.tracking import job_from_hydra
 
     hydra_cfg = HydraConfig.get()
     configure_threads(launcher_parallelism(hydra_cfg))  # before any model exists: see esft/threads.py
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     try:
-        make_experiment(cfg, run_dir).run_all()
+        experiment = make_experiment(cfg, run_dir)
+        experiment.job = job_from_hydra(hydra_cfg)  # tracker group/run name from the sweep (esft/tracking)
+        experiment.run_all()
         log.info("run dir: %s", run_dir)
     except EsftError as exc:
         print(f"esft: error: {exc}", file=sys.stderr)
