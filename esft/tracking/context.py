@@ -37,16 +37,39 @@ def sweep_name(sweep_dir: Path) -> str:
     return f"{parent}/{sweep_dir.name}" if parent and parent not in (".", "multirun") else sweep_dir.name
 
 
-def job_from_hydra(hydra_cfg: Any) -> JobInfo:
-    """The JobInfo of the running Hydra job (`HydraConfig.get()`)."""
+def swept_keys(argv: list[str]) -> set[str]:
+    """The keys a command line sweeps (`awd.lambda=0,1`, `range(...)`): they tell the sweep's runs apart."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from esft.config_check import overrides_in
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides_in(argv))
+    except Exception:  # noqa: BLE001 - an unparsable command line just means: name runs by all overrides
+        return set()
+    return {o.get_key_element() for o in parsed if o.is_sweep_override()}
+
+
+def job_name(task_overrides: list[str], override_dirname: str, swept: set[str]) -> str:
+    """`awd.lambda=0,es.population_size=64`: the job's values of the swept keys, else all its overrides."""
+    chosen = [o for o in task_overrides if o.split("=", 1)[0].lstrip("+~") in swept]
+    return ",".join(chosen) or override_dirname
+
+
+def job_from_hydra(hydra_cfg: Any, argv: list[str] | None = None) -> JobInfo:
+    """The JobInfo of the running Hydra job (`HydraConfig.get()`); `argv` (default sys.argv) names the swept
+    keys. Under a launcher whose worker has another command line, the run is named by all its overrides."""
+    import sys
+
     from hydra.types import RunMode
 
     run_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = str(hydra_cfg.job.get("override_dirname") or "")
     if hydra_cfg.mode == RunMode.MULTIRUN:
+        task = [str(o) for o in (hydra_cfg.get("overrides") or {}).get("task") or []]
+        name = job_name(task, overrides, swept_keys(list(sys.argv[1:] if argv is None else argv)))
         sweep_dir = Path(hydra_cfg.sweep.dir)
-        return JobInfo(run_dir=run_dir, name=overrides or run_dir.name, group=sweep_name(sweep_dir),
-                       sweep_dir=sweep_dir)
+        return JobInfo(run_dir=run_dir, name=name or run_dir.name, group=sweep_name(sweep_dir), sweep_dir=sweep_dir)
     return JobInfo(run_dir=run_dir, name=overrides or run_dir.name)
 
 

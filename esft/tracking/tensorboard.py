@@ -25,8 +25,9 @@ class TensorBoardTracker(ScalarTracker):
 
     def __init__(self, settings: Mapping[str, Any], job: JobInfo, state: TrackerState) -> None:
         super().__init__()
-        saved = state.get(self.name).get("log_dir")
-        self.log_dir = Path(saved or settings.get("log_dir") or job.run_dir / DEFAULT_DIR)
+        saved = state.get(self.name).get("log_dir")  # relative to the run dir unless the user gave a path
+        self.log_dir = job.run_dir / (saved or settings.get("log_dir") or DEFAULT_DIR)
+        self._saved = saved or settings.get("log_dir") or DEFAULT_DIR
         self.flush_secs = int(settings.get("flush_secs", 10))
         self._state = state
 
@@ -34,7 +35,7 @@ class TensorBoardTracker(ScalarTracker):
         from torch.utils.tensorboard import SummaryWriter
 
         self._writer = SummaryWriter(log_dir=str(self.log_dir), flush_secs=self.flush_secs)
-        self._state.put(self.name, {"log_dir": str(self.log_dir)})
+        self._state.put(self.name, {"log_dir": str(self._saved)})
 
     def _held_marks(self) -> dict[str, int]:
         marks: dict[str, int] = {}

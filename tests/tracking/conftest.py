@@ -14,6 +14,7 @@ def _no_tracker_network(monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # the tests read the local store with MLflow's client
 
 
 @pytest.fixture(scope="module")

@@ -175,9 +175,12 @@ def test_sweep_job_names_group_and_run():
     hydra_cfg = OmegaConf.create({
         "mode": RunMode.MULTIRUN, "runtime": {"output_dir": "outputs/multirun/2026-01-02/03-04-05/1_x"},
         "sweep": {"dir": "outputs/multirun/2026-01-02/03-04-05"},
-        "job": {"override_dirname": "awd.lambda=0,es.population_size=64"}})
-    job = job_from_hydra(hydra_cfg)
-    assert (job.group, job.name) == ("2026-01-02/03-04-05", "awd.lambda=0,es.population_size=64")
+        "job": {"override_dirname": "awd.lambda=0,es.population_size=64,steps=5"},
+        "overrides": {"task": ["awd.lambda=0", "steps=5", "es.population_size=64"]}})
+    argv = ["-m", "awd.lambda=0,1", "steps=5", "es.population_size=16,64"]
+    job = job_from_hydra(hydra_cfg, argv)
+    assert (job.group, job.name) == ("2026-01-02/03-04-05", "awd.lambda=0,es.population_size=64")  # swept keys
+    assert job_from_hydra(hydra_cfg, ["-m"]).name == "awd.lambda=0,es.population_size=64,steps=5"  # no sweep seen
     assert str(job.sweep_dir) == "outputs/multirun/2026-01-02/03-04-05"
     hydra_cfg.mode, hydra_cfg.job.override_dirname = RunMode.RUN, ""
     single = job_from_hydra(hydra_cfg)
