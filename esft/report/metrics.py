@@ -28,8 +28,9 @@ Per run:
                   alpha*k*sqrt(T*D/N) without AWD (`pred_free`, always), and for AWD-L2 with c = alpha*lambda
                   alpha*k*(1-c)*sqrt(D/N * (1 - (1-c)^(2T)) / (2c - c^2)), the sum of the decayed per-step
                   variances, which saturates at alpha*k*(1-c)*sqrt(D/(N*(2c - c^2))); k = sqrt(N/(N-1)) with
-                  antithetic pairs, 1 without. `ratio` = measured / prediction (the AWD-aware one; null for
-                  AWD-L1, which has no closed form here). ES only.
+                  antithetic pairs, 1 without; with `awd.anchor=stage` the stages' squared predictions add (the
+                  pull restarts from each stage's anchor). `ratio` = measured / prediction (the AWD-aware one;
+                  null for AWD-L1, which has no closed form here). ES with z-score shaping only.
   new_task_gain   also carries the new task's `final` accuracy (a group can gain less yet end higher)
   scoring         {task: how its evals were scored} when the evals rows say (`scoring`: loglik | generate)
   compute         sums of forward/backward_tokens, population_evals, generated_tokens and seconds over metrics rows
@@ -249,7 +250,8 @@ def theta_params(run: Run) -> dict[str, Any] | None:
         return None
     c = alpha * lam if kind == "l2" else 0.0
     antithetic = bool(cfg_get(run.config, "es.antithetic", True))
-    return {"alpha": alpha, "dim": dim, "pop": pop, "c": c, "l1": kind == "l1" and lam > 0, "antithetic": antithetic}
+    return {"alpha": alpha, "dim": dim, "pop": pop, "c": c, "l1": kind == "l1" and lam > 0, "antithetic": antithetic,
+            "anchor": cfg_get(run.config, "awd.anchor", "start")}
 
 
 def theta_curve(run: Run) -> list[Point]:
@@ -258,12 +260,33 @@ def theta_curve(run: Run) -> list[Point]:
                    if r.get("theta_dist") is not None and r.get("step") is not None}.items())
 
 
+def _stage_segments(run: Run, step: int) -> list[int]:
+    """How many steps of each stage lie in 1..step (the last stage takes any steps beyond the plan)."""
+    listed = stages(run)
+    if not listed:
+        return [step]
+    counts = [max(0, min(step, int(s["last_step"])) - int(s["first_step"]) + 1) for s in listed]
+    counts[-1] += max(0, step - int(listed[-1]["last_step"]))
+    return counts
+
+
 def theta_prediction_curve(run: Run, steps: list[int], free: bool = False) -> list[Point]:
+    """predicted_theta at each step. With `awd.anchor=stage` the pull restarts from a new anchor at each stage
+    start: the deviation from that anchor is a fresh AR(1) walk, independent of the steps before, so the
+    squared predictions of the stages' own lengths add up."""
     p = theta_params(run)
     if p is None or (p["l1"] and not free):
         return []
     c = 0.0 if free else p["c"]
-    values = [(s, predicted_theta(s, p["alpha"], p["dim"], p["pop"], c, p["antithetic"])) for s in steps]
+
+    def predict(step: int) -> float | None:
+        if c == 0 or p["anchor"] != "stage":
+            return predicted_theta(step, p["alpha"], p["dim"], p["pop"], c, p["antithetic"])
+        parts = [predicted_theta(n, p["alpha"], p["dim"], p["pop"], c, p["antithetic"])
+                 for n in _stage_segments(run, step)]
+        return None if None in parts else math.sqrt(sum(v * v for v in parts if v is not None))
+
+    values = [(s, predict(s)) for s in steps]
     return [(s, v) for s, v in values if v is not None]
 
 

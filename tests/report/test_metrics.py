@@ -93,6 +93,16 @@ def test_theta_prediction_without_pairs_and_other_shaping(make_run) -> None:
     assert run_metrics(run)["theta"]["pred"] is None  # ranks have another sum of squares: no prediction
 
 
+def test_theta_prediction_with_a_stage_anchor_adds_the_stages_walks(make_run) -> None:
+    run = load_run(make_run(lam=5.0))
+    run.config["awd"]["anchor"] = "stage"
+    c, pairs = 0.05, math.sqrt(16 / 15)
+    # stage 0: steps 1-4 around theta0, stage 1: steps 5-10 around theta_4; independent, so variances add
+    expected = math.hypot(predicted_theta(4, 0.01, 4000, 16, c, True), predicted_theta(6, 0.01, 4000, 16, c, True))
+    assert run_metrics(run)["theta"]["pred"] == approx(expected)
+    assert expected > 0.01 * pairs * math.sqrt(4000 / 16 * sum((1 - c) ** (2 * j) for j in range(1, 11)))
+
+
 def test_predicted_theta_saturates() -> None:
     assert predicted_theta(100, 0.01, 1600, 16) == approx(0.01 * math.sqrt(100 * 100))
     assert predicted_theta(100, 0.01, 1600, 16, antithetic=True) == approx(math.sqrt(16 / 15))
