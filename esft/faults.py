@@ -4,7 +4,8 @@ Injection. `ESFT_FAULT=POINT@STEP` kills the process with SIGKILL when the run r
 step, exactly as `kill -9` would at an unlucky moment. `ESFT_FAULT=POINT@STEP:KIND` raises instead the error
 the real fault produces there, with the real library's type and wording: `enospc` (the disk is full: the
 SafetensorError safetensors raises while serialising, since that is what a full disk looks like during a
-checkpoint save), `erofs` (the run dir became read-only) and `eacces` (permission was taken away). Points:
+checkpoint save), `erofs` (the run dir became read-only) and `eacces` (permission was taken away); `hold`
+pauses there while the file named by ESFT_FAULT_HOLD exists (to act on a run that is certainly alive). Points:
 `step_done` (the step's weights and replay row exist, its metrics row does not), `checkpoint` (the
 checkpoint's weights are written in the staging directory, not yet renamed into place) and `resume_repair`
 (a resume has repaired the first of its logs, not the others). Unset in real runs.
@@ -21,7 +22,9 @@ import errno
 import os
 import re
 import signal
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
 _NOT_WRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM}
@@ -51,7 +54,22 @@ def fault_point(name: str, step: int) -> None:
         return
     if kind in ("", "kill"):
         os.kill(os.getpid(), signal.SIGKILL)
+    if kind == "hold":
+        _hold(name, step)
+        return
     raise _injected(kind, name, step)
+
+
+def _hold(name: str, step: int, limit_s: float = 600.0) -> None:
+    """Pause here while the file ESFT_FAULT_HOLD exists, after creating `<that file>.reached`: a test can
+    then act on a run that is certainly alive at this point (e.g. start a second run on its dir)."""
+    gate = Path(os.environ.get("ESFT_FAULT_HOLD", ""))
+    if not gate.name:
+        raise ValueError(f"ESFT_FAULT={name}@{step}:hold needs ESFT_FAULT_HOLD=<file> (paused while it exists)")
+    gate.with_name(gate.name + ".reached").touch()
+    deadline = time.monotonic() + limit_s
+    while gate.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:

@@ -160,3 +160,14 @@ def test_an_unwritable_file_outside_the_run_dir_is_named_as_such(tmp_path):
     error = PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "hf-cache" / "model.lock"))
     with pytest.raises(EsftError, match=r"cannot write .*model.lock \(Permission denied\); .*make it writable"):
         Scripted(tmp_path / "run", _raise(error)).run_all()
+
+
+def test_fault_hold_pauses_while_the_gate_file_exists(tmp_path, monkeypatch):
+    gate = tmp_path / "gate"
+    monkeypatch.setenv("ESFT_FAULT", "step_done@2:hold")
+    monkeypatch.setenv("ESFT_FAULT_HOLD", str(gate))
+    fault_point("step_done", 2)  # no gate file: passes straight through
+    assert (tmp_path / "gate.reached").exists()
+    monkeypatch.delenv("ESFT_FAULT_HOLD")
+    with pytest.raises(ValueError, match="needs ESFT_FAULT_HOLD"):
+        fault_point("step_done", 2)

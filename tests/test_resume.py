@@ -152,8 +152,9 @@ def test_corrupt_newest_checkpoint_and_damaged_logs_still_resume_exactly(referen
     (run / "checkpoints" / "latest").write_text("step_0000099\n")
     resumed = _resume(run, tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "resuming from step_0000004" in resumed.stderr and "step_0000006 is corrupt" in resumed.stderr
-    assert "metrics.jsonl: line 3 is not a JSON object" in resumed.stderr
+    said = resumed.stderr + resumed.stdout
+    assert "resuming from step_0000004" in said and "step_0000006 is corrupt" in said
+    assert "metrics.jsonl: line 3 is not a JSON object" in said
     assert len(list((run / "checkpoints").glob("step_0000006.corrupt-*"))) == 1
     _assert_same_run(run, reference)
 
@@ -214,18 +215,26 @@ def test_a_really_full_disk_during_a_checkpoint_save(reference, tmp_path):
 
 @pytest.mark.slow
 def test_a_second_train_on_a_running_run_dir_refuses(reference, tmp_path):
-    run = tmp_path / "run"
+    """The first run is held alive at step 2 (ESFT_FAULT=...:hold) while a second `esft train` targets its dir:
+    the second exits 2 with one line before touching anything, and the first ends exactly as if alone."""
+    run, gate = tmp_path / "run", tmp_path / "hold"
+    gate.touch()
+    env = {**_env(tmp_path, "step_done@2:hold"), "ESFT_FAULT_HOLD": str(gate)}
     first = subprocess.Popen([sys.executable, "-m", "esft", "train", *FAST, f"hydra.run.dir={run}"],
-                             cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                             text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and _logged_steps(run) < 1 and first.poll() is None:
-        time.sleep(0.05)
-    config = (run / ".hydra" / "config.yaml").read_bytes()
-    second = _resume(run, tmp_path)
+                             cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not (tmp_path / "hold.reached").exists() and first.poll() is None:
+            time.sleep(0.05)
+        assert (tmp_path / "hold.reached").exists(), "the first run never reached step 2"
+        config, metrics = (run / ".hydra" / "config.yaml").read_bytes(), (run / "metrics.jsonl").read_bytes()
+        second = _resume(run, tmp_path)
+        line = _one_line_failure(second, f"run dir {run} is in use by pid {first.pid}")
+        assert "choose another hydra.run.dir" in line
+        assert (run / ".hydra" / "config.yaml").read_bytes() == config
+        assert (run / "metrics.jsonl").read_bytes() == metrics
+    finally:
+        gate.unlink()
     _, err = first.communicate(timeout=600)
     assert first.returncode == 0, err[-2000:]
-    line = _one_line_failure(second, f"run dir {run} is in use by pid {first.pid}")
-    assert "choose another hydra.run.dir" in line
-    assert (run / ".hydra" / "config.yaml").read_bytes() == config
     _assert_same_run(run, reference)
