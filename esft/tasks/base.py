@@ -19,6 +19,7 @@ linear in the completion length (tests/tasks/test_adversarial_rewards.py).
 from __future__ import annotations
 
 import functools
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -67,7 +68,7 @@ class Task(ABC):
         super().__init_subclass__(**kwargs)
         for name in ("score", "reward"):
             method = cls.__dict__.get(name)
-            if callable(method) and not getattr(method, "__isabstractmethod__", False):
+            if inspect.isfunction(method) and not getattr(method, "__isabstractmethod__", False):
                 setattr(cls, name, _length_capped(method))
 
     @abstractmethod
