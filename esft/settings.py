@@ -22,6 +22,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from esft.errors import EsftError
@@ -332,17 +333,22 @@ class TinySection:
 
     def num_parameters(self) -> int:
         """Parameters of the tiny model (tied embeddings), counted on the meta device: no memory, no init."""
-        from dataclasses import asdict
+        return _tiny_parameters(self)
 
-        import torch
 
-        from esft.models.tiny import _ARCHITECTURES, EOS_ID, PAD_ID, build_tokenizer, model_config
+@lru_cache(maxsize=64)  # a sweep's points mostly share one shape
+def _tiny_parameters(tiny: TinySection) -> int:
+    from dataclasses import asdict
 
-        _, model_cls = _ARCHITECTURES[self.architecture]
-        config = model_config(asdict(self), len(build_tokenizer()), PAD_ID, EOS_ID)
-        with torch.device("meta"):
-            model = model_cls(config)
-        return sum(p.numel() for p in model.parameters())
+    import torch
+
+    from esft.models.tiny import _ARCHITECTURES, EOS_ID, PAD_ID, build_tokenizer, model_config
+
+    _, model_cls = _ARCHITECTURES[tiny.architecture]
+    config = model_config(asdict(tiny), len(build_tokenizer()), PAD_ID, EOS_ID)
+    with torch.device("meta"):
+        model = model_cls(config)
+    return sum(p.numel() for p in model.parameters())
 
 
 def _check_warmup(node: Mapping[str, Any]) -> None:

@@ -86,6 +86,8 @@ class JsonlTask(SplitTask):
             return Rows([], "")
         path = self._resolve(files[split])
         rows = Rows([{**row, "_line": number} for number, row in enumerate(read_rows(path), 1)], str(path))
+        if not rows:  # an empty pool would fail at the first sampled step or score 0/0
+            raise EsftError(f"task '{self.name}': {path} holds no items; add one JSON object per line")
         for row in rows:
             self._check(row, path)
         return rows
