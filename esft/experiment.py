@@ -49,7 +49,8 @@ from esft.trainers import build_trainer
 log = logging.getLogger("esft")
 
 # Keys that may change between a run and its resumption without changing what it computes.
-_VOLATILE_KEYS = ("progress", "checkpoint", "hydra", "distributed")  # distributed: same weights on any world size
+# distributed: same weights on any world size; logger: trackers may be added or dropped when resuming
+_VOLATILE_KEYS = ("progress", "checkpoint", "hydra", "distributed", "logger")
 _LOGS = (METRICS_FILE, EVALS_FILE, DIAGNOSTICS_FILE, REPLAY_FILE)
 
 

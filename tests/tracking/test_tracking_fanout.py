@@ -186,3 +186,11 @@ def test_sweep_job_names_group_and_run():
     single = job_from_hydra(hydra_cfg)
     assert single.group is None and single.name == "1_x" and single.sweep_dir is None
     assert sweep_name(tmp := JobInfo.standalone("sweeps/lambda").run_dir) == "sweeps/lambda" and tmp.name == "lambda"
+
+
+def test_trackers_can_change_when_resuming():
+    """The logger group does not change what a run computes: `esft train --resume DIR logger=wandb` is allowed."""
+    from esft.experiment import config_fingerprint
+
+    assert config_fingerprint(tiny_config()) == config_fingerprint(tiny_config("logger=[tensorboard,mlflow]"))
+    assert config_fingerprint(tiny_config()) != config_fingerprint(tiny_config("awd.lambda=0"))
