@@ -42,8 +42,8 @@ from esft.rundir import (
     repair_jsonl,
     write_json_atomic,
 )
-from esft.tracking import JsonlLogger, open_loggers
 from esft.settings import RunSettings
+from esft.tracking import JsonlLogger, open_loggers
 from esft.trainers import build_trainer
 
 log = logging.getLogger("esft")
