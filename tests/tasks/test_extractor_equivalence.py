@@ -14,7 +14,7 @@ import re
 
 import pytest
 
-from esft.tasks.custom import JsonlTask
+from esft.tasks.custom import JsonlTask, _exact, _normal
 from esft.tasks.gsm8k import flexible_answer, format_reward, strict_answer
 from esft.tasks.multiple_choice import extract_letter
 from esft.tasks.safe_math import parse_number
@@ -106,3 +106,23 @@ def test_numeric_reward_and_gsm8k_helpers_agree_with_the_reference(tmp_path) -> 
         expected = said is not None and parse_number(said) == 18.0
         assert task.score(text, example) == float(expected), text
         assert format_reward(text) in (0.0, 1.0)
+
+
+def old_exact(completion: str, answer: str) -> bool:
+    """The jsonl `exact` reward before the change (its index into `lower()` drifts on text lower() lengthens)."""
+    lines = [line for line in completion.splitlines() if line.strip()]
+    last = lines[-1] if lines else ""
+    marker = completion.lower().rfind("answer:")
+    after = completion[marker + len("answer:"):] if marker != -1 else None
+    gold = _normal(answer)
+    return any(_normal(c) == gold for c in (completion, last, after) if c is not None)
+
+
+def test_exact_reward_agrees_with_the_reference_and_survives_lengthening_case_folds() -> None:
+    texts = realistic_completions(1500, seed=2) + HAND_WRITTEN
+    texts += [f"{text}\n{marker} b." for text, marker in zip(texts[:300], ("Answer:", "ANSWER:", "answer:") * 100)]
+    golds = ("B", "18", "C", "the answer is 18", "so")
+    agreed = sum(_exact(t, g) == old_exact(t, g) for t in texts for g in golds)
+    assert agreed == len(texts) * len(golds) and sum(_exact(t, g) for t in texts for g in golds) >= 300
+    # "\u0130".lower() is two characters, so the old index pointed one character early ("\u0130 Answer: Paris")
+    assert _exact("\u0130\u0130 Answer: Paris", "Paris") and not old_exact("\u0130\u0130 Answer: Paris", "Paris")
