@@ -28,11 +28,30 @@ def _states(sweep: Path) -> dict[str, str]:
             for p in sweep.iterdir() if (p / "status.json").exists()}
 
 
+_CRASHING_TASK = """
+from esft.tasks.arithmetic import Add
+
+
+class Crashy(Add):
+    def __init__(self, crash: bool = False, **options):
+        super().__init__(**options)
+        self.crash = crash
+
+    def eval_examples(self):
+        if self.crash:
+            raise ValueError("a bug inside one job")
+        return super().eval_examples()
+"""
+
+
 @pytest.mark.slow
 def test_a_crashing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
-    """eval.batch_size=0 passes the config pre-check but crashes inside the job with a plain ValueError."""
+    """A user task (`_target_`, importable from the working directory) that raises a plain ValueError inside
+    job 0 only: every value passes the pre-check (esft/settings.py refuses every bad value up front)."""
+    (tmp_path / "crashy.py").write_text(_CRASHING_TASK)
     sweep = tmp_path / "sweep"
-    result = _sweep(["eval.batch_size=0,256", f"hydra.sweep.dir={sweep}"], tmp_path)
+    result = _sweep(["prior=none", "task=add", "+task._target_=crashy.Crashy", "+task.crash=true,false",
+                     f"hydra.sweep.dir={sweep}"], tmp_path)
     assert result.returncode == 1, result.stderr[-3000:]  # the sweep finished, and says a job failed
     assert "1 sweep job(s) failed" in result.stderr
     assert _states(sweep) == {"0": "failed", "1": "done"}
