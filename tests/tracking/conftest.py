@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tracking_helpers import ALL_TRACKERS, run_tiny
+from tracking_helpers import ALL_TRACKERS, KL, run_tiny
 
 
 @pytest.fixture(autouse=True)
@@ -19,11 +19,11 @@ def _no_tracker_network(monkeypatch):
 
 @pytest.fixture(scope="module")
 def tracked_run(tmp_path_factory) -> Path:
-    """One finished tiny run logged to TensorBoard, W&B and MLflow at once."""
+    """One finished tiny run logged to TensorBoard, W&B and MLflow at once, with the off-task KL enabled."""
     run_dir = tmp_path_factory.mktemp("tracked") / "run"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("WANDB_MODE", "offline")
         patch.setenv("WANDB_SILENT", "true")
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        run_tiny(run_dir, ALL_TRACKERS)
+        run_tiny(run_dir, ALL_TRACKERS, *KL)
     return run_dir

@@ -26,7 +26,7 @@ def test_every_kind_of_row_is_there(tracked_run):
     for tag in ("train/reward_mean", "train/theta_dist", "train/update_norm", "train/forward_tokens",
                 "train/seconds", "train/peak_rss_mb", "eval/curriculum/add/accuracy",
                 "eval/curriculum/reverse/accuracy", "eval/eval_only/subtract/accuracy", "eval/stage",
-                "drift/add", "drift/subtract", "diag/theta_dist"):
+                "drift/add", "drift/subtract", "diag/theta_dist", "diag/kl_to_base/subtract"):
         assert tag in tags, tag
     assert any(tag.startswith("diag/layers/") for tag in tags)  # per-layer distances
 

@@ -18,6 +18,7 @@ TINY = ["model.tiny.warmup.steps=30", "model.tiny.warmup.batch_size=64", "prior.
         "eval.every=2", "eval.size=32", "es.population_size=4", "es.prompts_per_step=16", "checkpoint.every=3",
         "es.sigma=0.05", "es.alpha=0.05"]
 ALL_TRACKERS = "logger.extra=[tensorboard,wandb,mlflow]"
+KL = ["eval.kl.enabled=true", "eval.kl.samples=4", "eval.kl.max_new_tokens=4"]  # diagnostics incl. KL
 
 
 def tiny_config(*overrides: str) -> dict:
