@@ -61,7 +61,8 @@ def _expand_resume(args: list[str]) -> list[str]:
     rest = args[:index] + args[index + 2:]
     extra = overrides_in(rest)
     flags = [a for a in rest if a not in extra]
-    given_dirs = any(a in ("--config-dir", "-cd") for a in rest) or any(o.startswith("hydra.searchpath=") for o in extra)
+    given_dirs = any(a in ("--config-dir", "-cd") for a in rest) or any(o.startswith("hydra.searchpath=")
+                                                                       for o in extra)
     search = [] if given_dirs else _saved_search_path(run_dir)
     return [*flags, *saved, *extra, *search, f"hydra.run.dir={run_dir.resolve()}"]
 

@@ -23,7 +23,14 @@ _TRUE = ("1", "true", "yes", "on")
 
 
 def offline_requested() -> bool:
-    return any(os.environ.get(name, "").lower() in _TRUE for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    """HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE in the environment, or huggingface_hub's own flag already set."""
+    if any(os.environ.get(name, "").lower() in _TRUE for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
+        return True
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # pragma: no cover - a transformers dependency
+        return False
+    return bool(getattr(constants, "HF_HUB_OFFLINE", False))
 
 
 @lru_cache(maxsize=None)
@@ -58,5 +65,6 @@ def ensure_model_reachable(name: str) -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"  # no retries for what follows: cached files load without the network
     if not is_cached(name):
         why = "HF_HUB_OFFLINE is set" if requested else "the hub is unreachable"
-        raise EsftError(f"model.name '{name}' is not in the local Hugging Face cache and {why}; download it "
-                        "where there is network (`huggingface-cli download NAME`) or pass model.name=LOCAL_DIR")
+        raise EsftError(f"cannot load model '{name}' (model.name): it is not in the local Hugging Face cache "
+                        f"and {why}; download it where there is network (`huggingface-cli download NAME`) "
+                        "or pass model.name=LOCAL_DIR")

@@ -90,7 +90,8 @@ def test_the_default_config_and_legitimate_zeros_pass(base):
     settings = RunSettings.from_config(base)
     assert settings.es.population_size == base["es"]["population_size"] and settings.awd.lam == base["awd"]["lambda"]
     zeros = base
-    for key in ("eval.every", "checkpoint.every", "checkpoint.keep", "awd.lambda", "steps", "distributed.checksum_every"):
+    for key in ("eval.every", "checkpoint.every", "checkpoint.keep", "awd.lambda", "steps",
+                "distributed.checksum_every"):
         zeros = _with(zeros, key, 0)
     settings = RunSettings.from_config(zeros)
     assert settings.eval.every == 0 and settings.checkpoint.keep == 0 and settings.awd.lam == 0.0
