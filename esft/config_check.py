@@ -158,7 +158,7 @@ def _missing_option_message(exc: MissingConfigException, conf: Path, dirs: list[
     if group == "task":
         from esft.tasks.registry import available
 
-        return f"unknown task '{option}'; available tasks: {', '.join(available(dirs))}" + _config_dir_hint(dirs)
+        return f"unknown task '{option}'; available: {', '.join(available(dirs))}" + _config_dir_hint(dirs)
     options = group_options(group, conf, dirs)
     hint = f"; available: {', '.join(options)}" if options else ""
     return f"unknown {group} '{option}'{hint}"
@@ -318,7 +318,8 @@ def check_train_args(args: list[str], conf: Path) -> None:
         _check_writable(overrides, multirun)
         from esft.hub import ensure_model_reachable
 
-        ensure_model_reachable(str(container["model"]["name"]))
+        if not container["model"].get("gguf"):  # a packaged GGUF stands in for the hub (esft/models/packaged.py)
+            ensure_model_reachable(str(container["model"]["name"]))
 
 
 def _sweep_failure(bad: dict[str, list[str]], checked: int, total: int) -> str:

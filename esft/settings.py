@@ -382,7 +382,7 @@ class ModelSection:
     dtype: str
     device: str
     chat_template: bool | str
-    cache_dir: str
+    cache_dir: str | None
     tiny: TinySection | None
 
     @classmethod
@@ -395,8 +395,11 @@ class ModelSection:
         if not (isinstance(template, bool) or template == "auto"):
             raise EsftError(f"model.chat_template must be auto, true or false (got {template!r})")
         tiny = TinySection.from_config(section(node, "tiny")) if name == "tiny" else None
+        # cache_dir is where the warm-up lives, not what a run computes: config_fingerprint drops it from the
+        # run's config, so a config that went through a fingerprint may lack it (None)
+        cache_dir = None if node.get("cache_dir") is None else text(node["cache_dir"], "model.cache_dir")
         return cls(name, choice(_need(node, "dtype", "model"), "model.dtype", ("float32", "bfloat16", "float16")),
-                   device, template, text(_need(node, "cache_dir", "model"), "model.cache_dir"), tiny)
+                   device, template, cache_dir, tiny)
 
     @property
     def context(self) -> int | None:
