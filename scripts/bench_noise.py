@@ -72,12 +72,20 @@ def _timed(call, device: torch.device, repeats: int) -> float:
     return best
 
 
+class _Rows(dict):
+    """The measurements, each printed as it is taken (a long run cut short by a timeout keeps what it had)."""
+
+    def __setitem__(self, label: str, value: float) -> None:
+        super().__setitem__(label, value)
+        print(f"  {label:44s} {value:8.3f}", flush=True)
+
+
 def philox_rows(sizes: list[int], threads: int, repeats: int, compiled: bool, device: torch.device,
                 full_draw: bool = True) -> dict[str, float]:
     """ns a number of torch.randn and Philox (eager / compiled), then seconds of one full philox draw."""
     numbers = 1 << 22
     out = torch.empty(numbers, device=device)
-    rows: dict[str, float] = {}
+    rows: dict[str, float] = _Rows()
     kinds = [("eager", False)] + ([("compiled", True)] if compiled else [])
     for count in sorted({1, threads}):
         torch.set_num_threads(count)
@@ -171,10 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = philox_rows(sizes, args.threads, args.repeats, args.compile, torch.device(args.device),
                            not args.no_full_draw)
         print(f"{args.model}: D = {sum(sizes):,}; best of {args.repeats}, {os.cpu_count()} cores")
-        for label, value in rows.items():
-            print(f"  {label:44s} {value:8.3f}")
         if args.json:
-            print(json.dumps({"model": args.model, "numel": sum(sizes), "philox": rows}))
+            print(json.dumps({"model": args.model, "numel": sum(sizes), "philox": dict(rows)}))
         return 0
     out = torch.empty(sum(sizes))
     rows = {}

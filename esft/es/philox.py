@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from statistics import NormalDist
 
@@ -138,6 +139,28 @@ def _call_blocks(needed: int) -> int:
     return min(CALL_BLOCKS, 1 << max(0, needed - 1).bit_length())
 
 
+@cache
+def _pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="esft-philox",
+                              initializer=torch.set_num_threads, initargs=(1,))
+
+
+def _parallel_calls(call: Callable[[int], None], blocks: range, workers: int) -> None:
+    """Eager CPU kernel calls spread over `workers` threads, each call single-threaded inside.
+
+    Why: the eager kernel is ~250 small elementwise ops per call, and letting torch's intra-op threads split
+    each op costs one barrier per op; on a busy 2-core machine that made 2 threads 6x SLOWER than one (442 vs
+    71 ns a number, README "Noise"). Whole calls per thread need no barrier until the end. The calls write
+    disjoint slices of `out`, so the values are those of the serial loop."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            list(_pool(workers).map(call, blocks))
+    finally:
+        torch.set_num_threads(previous)
+
+
 @torch.no_grad()
 def normals(seed: int, tensor: int, start: int, out: torch.Tensor, stream: int = STREAM_NOISE,
             compiled: bool | None = None) -> torch.Tensor:
@@ -152,15 +175,22 @@ def normals(seed: int, tensor: int, start: int, out: torch.Tensor, stream: int =
     kernel = _kernel(device, compiled)
     as_tensor = lambda value: torch.tensor(value, dtype=torch.int64, device=device)  # noqa: E731
     key0, key1, index = as_tensor(int(seed) & MASK32), as_tensor(int(stream) & MASK32), as_tensor(int(tensor))
-    first_block, skip = divmod(int(start), PER_BLOCK)
-    last_block = (int(start) + count + PER_BLOCK - 1) // PER_BLOCK
-    written = 0
-    for block in range(first_block, last_block, CALL_BLOCKS):
+    start, stop = int(start), int(start) + count
+    first_block, last_block = start // PER_BLOCK, (stop + PER_BLOCK - 1) // PER_BLOCK
+
+    def one_call(block: int) -> None:
+        """Counter blocks block .. block+CALL_BLOCKS-1 into their place in `out`."""
         # compiled: always one static shape (one compilation; surplus numbers are cheap on an accelerator)
         blocks = CALL_BLOCKS if kernel is not _normal_blocks else _call_blocks(last_block - block)
         values = kernel(as_tensor(block), blocks, index, key0, key1, lookup)
-        take = min(values.numel() - skip, count - written)
-        out[written:written + take].copy_(values[skip:skip + take])
-        written += take
-        skip = 0
+        lo, hi = max(start, block * PER_BLOCK), min(stop, (block + blocks) * PER_BLOCK)
+        out[lo - start:hi - start].copy_(values[lo - block * PER_BLOCK:hi - block * PER_BLOCK])
+
+    calls = range(first_block, last_block, CALL_BLOCKS)
+    workers = min(torch.get_num_threads(), len(calls))
+    if device.type == "cpu" and kernel is _normal_blocks and workers > 1:
+        _parallel_calls(one_call, calls, workers)
+    else:
+        for block in calls:
+            one_call(block)
     return out
