@@ -36,7 +36,7 @@ NOISE_SETTINGS = (*NOISE_MODES, "auto")
 
 def resolve_noise_mode(setting: str, device: torch.device) -> str:
     """es.noise=auto: philox where the weights live on an accelerator (drawn in place, bit-identical across
-    devices), iid on a CPU-only run (torch's CPU sampler is ~4x faster per number than eager Philox there;
+    devices), iid on a CPU-only run (torch's CPU sampler is 4-12x faster per number than eager Philox there;
     README "Noise"). The replay log records the resolved mode, so logs never say `auto`."""
     if setting == "auto":
         return "iid" if device.type == "cpu" else "philox"
