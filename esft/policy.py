@@ -264,8 +264,9 @@ class Policy:
 
         Each prompt is run once and its KV cache shared by its options: a batch of prompts (left-padded) is
         one forward, then all their options (right-padded, positions continuing each prompt) are one forward
-        over the cache rows selected per option. On a real chat prompt (~100 tokens, mostly template and
-        question) with 4-10 short options this does 3-5x less work than re-running prompt + option per option.
+        over the cache rows selected per option. A real chat prompt (~100 tokens, mostly template and question)
+        dwarfs its short options, so this is far cheaper than re-running prompt + option per option: 2.7x less
+        wall time on 20 ARC-Challenge items with SmolLM2 (same scores), more with MMLU-Pro's 10 options.
         Items are batched so that at most `batch_size` options share a forward.
 
         The prompt is rendered like a rollout's (chat template with the model's default system message when
@@ -326,7 +327,7 @@ class Policy:
         self.counts.forward += int(mask.sum()) + int(option_mask.sum())
         first = torch.log_softmax(out.logits[:, -1].float(), -1)[owner].gather(1, option_ids[:, :1]).squeeze(1)
         rest = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, option_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-        totals = (first + (rest * option_mask[:, 1:]).sum(-1)).tolist()
+        totals = (first + torch.where(option_mask[:, 1:].bool(), rest, 0.0).sum(-1)).tolist()  # padding adds 0
         grouped, offset = [], 0
         for choices in continuations:
             grouped.append(totals[offset:offset + len(choices)])

@@ -1,5 +1,6 @@
-"""Write data/smollm2_sums_{train,eval}.jsonl: two-digit additions as a `reward_kind: numeric` jsonl task, the target task of
-the `experiment=smollm2_cpu` preset (README "A real model on CPU: SmolLM2").
+"""Write data/smollm2_sums_{train,eval}.jsonl: two-digit sums as a `reward_kind: numeric` jsonl task.
+
+The target task of the `experiment=smollm2_cpu` preset (README "A real model on CPU: SmolLM2").
 
 Why this task: a 135M instruct model knows small sums but answers them unreliably and wordily; the prompt asks
 for the bare number, prompts are ~50 tokens with the chat template and answers a few tokens, so one ES step of
