@@ -156,3 +156,65 @@ def test_sweeps_expand_whole_and_large_ones_are_sampled():
     points, total = sweep_points(["seed=range(0,100)", "es.sigma=range(1,21)"], cap=50)
     assert total == 2000 and len(points) == 50 and points[0] == ["seed=0", "es.sigma=1"]
     assert points[-1] == ["seed=98", "es.sigma=" + str(1 + (49 * 40) % 20)]
+
+
+# -- one task list, budgets that fit the model, help, resume of a user config dir ------------------------------
+
+
+def test_esft_tasks_and_the_unknown_task_error_list_one_set(tmp_path):
+    from esft.tasks.registry import available
+
+    (tmp_path / "task").mkdir()
+    (tmp_path / "task" / "capitals.yaml").write_text("name: capitals\njsonl: data/capitals.jsonl\n")
+    shipped = {p.stem for p in (conf_dir() / "task").glob("*.yaml")}
+    assert shipped <= set(available()) and "capitals" not in available()
+    assert set(available([tmp_path])) == set(available()) | {"capitals"}
+    with pytest.raises(EsftError) as caught:
+        check_train_args(["task=nonesuch", "--config-dir", str(tmp_path)], conf_dir())
+    listed = str(caught.value).split("available: ", 1)[1].split(" (", 1)[0].split(", ")
+    assert listed == available([tmp_path])
+
+
+def test_a_task_left_at_its_default_budget_is_fitted_to_the_tiny_context(base, tmp_path, caplog):
+    from esft.curriculum import build_stages
+
+    data = tmp_path / "items.jsonl"
+    data.write_text('{"prompt": "Capital of France?", "answer": "Paris"}\n')
+    cfg = {**base, "task": {"name": "capitals", "jsonl": str(data), "max_new_tokens": None}}
+    with caplog.at_level("INFO", logger="esft"):
+        stage = build_stages(cfg)[-1]
+    context = base["model"]["tiny"]["max_position_embeddings"]
+    assert stage.task.max_new_tokens == context // 2 and "max_new_tokens 1024" in caplog.text
+    cfg["task"]["max_new_tokens"] = 16
+    assert build_stages(cfg)[-1].task.max_new_tokens == 16
+    cfg["task"]["max_new_tokens"] = context
+    with pytest.raises(EsftError, match="task.max_new_tokens=.*no room for a prompt"):
+        build_stages(cfg)
+
+
+def test_train_help_lists_groups_common_keys_and_cfg_job(tmp_path):
+    from esft.train_help import COMMON_KEYS, train_help
+
+    (tmp_path / "task").mkdir()
+    (tmp_path / "task" / "capitals.yaml").write_text("name: capitals\n")
+    text = train_help(conf_dir(), [tmp_path])
+    assert "capitals" in text and "grpo" in text and "--cfg job" in text
+    for key in COMMON_KEYS:
+        assert f"  {key}=" in text, key
+    assert "N: members per step" in text  # the description comes from conf/train.yaml's comment
+
+
+def test_resume_finds_the_user_config_dir_again(tmp_path):
+    from esft.cli import _expand_resume
+
+    run = tmp_path / "run" / ".hydra"
+    run.mkdir(parents=True)
+    (run / "overrides.yaml").write_text("- task=capitals\n")
+    (run / "hydra.yaml").write_text(
+        "hydra:\n  runtime:\n    config_sources:\n"
+        f"    - {{path: {conf_dir()}, schema: file, provider: main}}\n"
+        f"    - {{path: {tmp_path / 'conf'}, schema: file, provider: command-line}}\n")
+    args = _expand_resume(["--resume", str(tmp_path / "run")])
+    assert f"hydra.searchpath=[file://{tmp_path / 'conf'}]" in args and "task=capitals" in args
+    assert not any("searchpath" in a for a in _expand_resume(["--resume", str(tmp_path / "run"),
+                                                              "--config-dir", "elsewhere"])[2:-1])
