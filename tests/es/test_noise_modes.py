@@ -110,3 +110,23 @@ def test_logs_written_before_philox_still_replay(mode):
             expected.add_(direction, alpha=0.1 / 4)
             expected.sub_(theta0).mul_(1 - 0.1 * 0.5).add_(theta0)
     assert torch.allclose(theta, expected, atol=1e-6)
+
+
+def test_philox_bf16_model_with_stage_anchor_replays(digit_task):
+    """A bf16 model (theta0 kept in bf16, members cast per tensor) with an l1 stage anchor over two stages."""
+    rows: list[dict] = []
+    policy = micro_policy()
+    policy.model.to(torch.bfloat16)
+    trainer = ESTrainer(policy, {**ES, "cache_noise": False, "antithetic": False, "population_size": 3},
+                        {"kind": "l1", "lambda": 0.5, "anchor": "stage"}, seed=3, replay_log=rows.append,
+                        batch_size=64)
+    step = 0
+    for stage in (0, 1):
+        trainer.set_stage(stage, digit_task)
+        for _ in range(2):
+            step += 1
+            trainer.step(step)
+    assert trainer.params.theta0.dtype == torch.bfloat16
+    assert torch.equal(replay(trainer.params.theta0, rows, shapes=trainer.params.shapes), trainer.params.master)
+    dist = float(torch.linalg.vector_norm(trainer.params.master - trainer.params.theta0.float()))
+    assert trainer.params.distance() == pytest.approx(dist, rel=1e-6)
