@@ -26,6 +26,7 @@ from typing import Any
 from esft.errors import EsftError
 from esft.tracking.context import STATE_FILE
 from esft.tracking.registry import TRACKERS, check_trackers
+from esft.tracking.wandb_records import wait_until_written
 
 log = logging.getLogger("esft")
 RUN_NAME = "drift-report"
@@ -115,6 +116,7 @@ def _to_wandb(out_dir: Path, tables: list[Any], plots: list[Path], saved: dict[s
         run.log(payload)
     finally:
         run.finish()
+    wait_until_written(out_dir / "wandb", run.id, 30.0)  # finish() returns before the log is on disk
     where = f"{out_dir / 'wandb'} (offline; upload with `wandb sync {out_dir / 'wandb'}/offline-run-*`)" \
         if mode == "offline" else f"project {run.project}"
     return f"wandb: {len(tables)} tables, {len(plots)} plots in run {run.id}, {where}"

@@ -17,7 +17,9 @@ from typing import Any
 
 from esft.tracking.context import JobInfo, TrackerState
 from esft.tracking.scalar import ScalarTracker
-from esft.tracking.wandb_records import history_rows, run_files
+from esft.tracking.wandb_records import history_rows, run_files, wait_until_written
+
+FINISH_WAIT_S = 30.0
 
 
 class WandbTracker(ScalarTracker):
@@ -70,5 +72,9 @@ class WandbTracker(ScalarTracker):
         pass  # the wandb service writes the transaction log as rows arrive
 
     def close(self, status: str) -> None:
+        """Finish the run and wait (at most FINISH_WAIT_S) until wandb's service has written the session's
+        transaction log to its end: `finish()` returns before it has, and a run that says `done` should leave
+        a complete log for `wandb sync` (and for the next resume's high-water marks)."""
         self._run.summary["status"] = status
         self._run.finish(exit_code=0 if status == "done" else 1)
+        wait_until_written(self.wandb_dir, self.run_id, FINISH_WAIT_S)

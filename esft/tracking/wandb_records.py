@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,6 +90,27 @@ def run_summary(path: Path) -> dict[str, Any]:
         elif kind == "summary":
             info["summary"].update(_items(record.summary.update))
     return info
+
+
+def is_complete(path: Path) -> bool:
+    """Whether a session's log holds its `exit` record, the last one `run.finish()` has written."""
+    try:
+        return any(record.WhichOneof("record_type") == "exit" for record in records(path))
+    except (OSError, ValueError):
+        return False
+
+
+def wait_until_written(wandb_dir: Path, run_id: str, timeout_s: float) -> bool:
+    """Wait until the newest session of `run_id` is complete on disk: wandb's service writes the log after
+    `run.finish()` has returned. False if it is not within `timeout_s` (the data may still arrive later)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        sessions = run_files(wandb_dir, run_id)
+        if sessions and is_complete(sessions[-1]):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
 
 
 def run_files(wandb_dir: Path, run_id: str) -> list[Path]:

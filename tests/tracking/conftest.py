@@ -17,7 +17,7 @@ def _no_tracker_network(monkeypatch):
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # the tests read the local store with MLflow's client
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tracked_run(tmp_path_factory) -> Path:
     """One finished tiny run logged to TensorBoard, W&B and MLflow at once, with the off-task KL enabled."""
     run_dir = tmp_path_factory.mktemp("tracked") / "run"
