@@ -42,7 +42,7 @@ from esft.rundir import (
     repair_jsonl,
     write_json_atomic,
 )
-from esft.settings import RunSettings
+from esft.settings import RunSettings, check_population_memory
 from esft.tracking import JsonlLogger, open_loggers
 from esft.trainers import build_trainer
 
@@ -121,6 +121,8 @@ class Experiment:
         self.stages: list[Stage] = build_stages(self.cfg)
         self.tasks, self.roles = build_eval_tasks(self.cfg, self.stages)
         self.policy = Policy.from_config(self.cfg["model"], policy_cfg=self.cfg.get("policy"))
+        if self.settings.es is not None:  # a hub model's size is known only now: can its population fit?
+            check_population_memory(self.settings.es, self.policy.model.num_parameters(), str(self.policy.device))
         eval_cfg = self.cfg.get("eval", {})
         self.evaluator = Evaluator(self.policy, self.tasks, self.roles, int(eval_cfg.get("batch_size", 256)),
                                    eval_cfg.get("size"), str(eval_cfg.get("scoring", "generate")),

@@ -584,13 +584,32 @@ def _quiet_cache_choice(resolve, es: ESSection, num_parameters: int) -> bool:
         logger.setLevel(level)
 
 
+def device_memory(device: str) -> int | None:
+    """Bytes a step's tensors may use: host memory available on CPU, the GPU's total memory on CUDA."""
+    if not str(device).startswith("cuda"):
+        return available_memory()
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return int(torch.cuda.mem_get_info(torch.device(device))[1])
+
+
 def check_population_memory(es: ESSection, num_parameters: int, device: str = "cpu",
                             available: int | None = None) -> None:
-    """Refuse an es.population_size (or es.cache_noise=true) whose step cannot fit in host memory."""
+    """Refuse an es.population_size (or es.cache_noise=true) whose step cannot fit in memory: from the config
+    for the tiny model (its parameter count is known without loading it), after loading for hub models."""
     needed, cached = population_memory(es, num_parameters)
-    available = available_memory() if available is None else available
-    if available is None or needed <= available or device != "cpu":
+    if available is None and device in ("auto", "cuda"):
+        return  # resolved to a concrete device once the model is loaded (Experiment.setup checks again)
+    available = device_memory(device) if available is None else available
+    if available is None or needed <= available:
         return
+    weights = 3 * 4 * num_parameters
+    if weights > available:
+        raise EsftError(f"the model's {num_parameters:,} parameters need about {weights / 2**30:.1f} GiB for ES's "
+                        f"fp32 master, anchor and update alone but {available / 2**30:.1f} GiB are available on "
+                        f"{device}; use a device with more memory (model.device) or a smaller model")
     noise = es.draws * 4 * num_parameters if cached else 0
     parts = (f"{es.draws:,} cached noise draws of {num_parameters:,} parameters: {noise / 2**30:.1f} GiB, "
              if cached else "") + f"{es.population_size:,} members' bookkeeping: "

@@ -218,3 +218,9 @@ def test_resume_finds_the_user_config_dir_again(tmp_path):
     assert f"hydra.searchpath=[file://{tmp_path / 'conf'}]" in args and "task=capitals" in args
     assert not any("searchpath" in a for a in _expand_resume(["--resume", str(tmp_path / "run"),
                                                               "--config-dir", "elsewhere"])[2:-1])
+
+
+def test_a_model_whose_es_state_cannot_fit_is_refused_with_the_memory_it_needs():
+    es = ESSection(16, 0.01, 0.01, True, "zscore", "inplace", 1, False, None, False, "iid")
+    with pytest.raises(EsftError, match=r"10,000,000,000 parameters need about 111.8 GiB .* 1.0 GiB are available"):
+        check_population_memory(es, 10**10, "cpu", available=2**30)
