@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import micro_policy
+from support import micro_policy
 
 from esft.errors import EsftError
 from esft.evaluation import Evaluator, loglik_metrics, resolve_scoring, score_examples

@@ -8,7 +8,7 @@ import json
 import time
 
 import pytest
-from conftest import TASK_DATA
+from support import TASK_DATA
 from test_train_e2e import esft  # the subprocess runner of the e2e tests
 
 from esft.rundir import read_jsonl

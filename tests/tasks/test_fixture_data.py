@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import FIXTURE_DATA, SHARED_DATA, needs_paper_data
+from support import FIXTURE_DATA, SHARED_DATA, needs_paper_data
 
 from esft.tasks.registry import build_task
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import DATA_DIRS, SHARED_DATA, is_paper_data, needs_paper_data
+from support import DATA_DIRS, SHARED_DATA, is_paper_data, needs_paper_data
 
 from esft.errors import EsftError
 from esft.tasks.base import Example

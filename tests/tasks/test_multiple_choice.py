@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import DATA_DIRS, TASK_DATA, is_paper_data
+from support import DATA_DIRS, TASK_DATA, is_paper_data
 
 from esft.errors import EsftError
 from esft.tasks.multiple_choice import MultipleChoiceTask, extract_letter

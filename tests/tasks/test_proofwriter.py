@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import DATA_DIRS, SHARED_DATA, is_paper_data, needs_paper_data
+from support import DATA_DIRS, SHARED_DATA, is_paper_data, needs_paper_data
 
 from esft.tasks.base import Example
 from esft.tasks.proofwriter import ProofWriter, canonical_label, format_reward, predicted_label

@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import TASK_DATA, needs_paper_data
+from support import TASK_DATA, needs_paper_data
 from omegaconf import OmegaConf
 
 from esft.errors import EsftError
