@@ -22,13 +22,13 @@ _PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_
 @app.command(context_settings=_PASSTHROUGH)
 def train(ctx: typer.Context) -> None:
     """Run a curriculum: `esft train KEY=VALUE... [-m] [--cfg job]` (Hydra overrides; see README)."""
-    from esft.hydra_app import run_hydra
+    from esft.commands.train import run_hydra
 
     if any(arg in ("-h", "--help") for arg in ctx.args):
-        from esft.config_check import config_dirs, overrides_in
+        from esft.commands.preflight import config_dirs
+        from esft.commands.train_help import train_help
         from esft.errors import EsftError
-        from esft.hydra_app import conf_dir
-        from esft.train_help import train_help
+        from esft.resources import conf_dir, overrides_in
 
         typer.echo(ctx.get_help())
         try:
@@ -56,7 +56,7 @@ def _expand_resume(args: list[str]) -> list[str]:
     from omegaconf import OmegaConf
 
     saved = [str(o) for o in OmegaConf.load(overrides_file) if not str(o).startswith("hydra.run.dir=")]
-    from esft.config_check import overrides_in
+    from esft.resources import overrides_in
 
     rest = args[:index] + args[index + 2:]
     extra = overrides_in(rest)
@@ -104,7 +104,7 @@ def drift_report(
     from rich.console import Console
 
     from esft.report.command import drift_report as run_report
-    from esft.tracking.publish import check_targets
+    from esft.report.publish import check_targets
 
     console = Console() if sys.stdout.isatty() else Console(width=160)  # files and pipes: don't squeeze tables
     if to and (problem := check_targets(to)):  # a missing tracker library: say so before any work
@@ -117,10 +117,10 @@ def drift_report(
 
 
 def _publish(paths: list[str], out: Optional[str], targets: list[str]) -> int:
-    """`--to`: send the report just written to trackers (esft/tracking/publish.py)."""
+    """`--to`: send the report just written to trackers (esft/report/publish.py)."""
     from esft.errors import EsftError
     from esft.report.command import default_out
-    from esft.tracking.publish import publish_report
+    from esft.report.publish import publish_report
 
     try:
         for line in publish_report(Path(out) if out else default_out(paths), targets, paths):
@@ -138,8 +138,8 @@ def replay(
     out: str = typer.Option(..., "--out", help="Directory for save_pretrained (weights + tokenizer)."),
 ) -> None:
     """Rebuild the weights at any step from theta0 and the replay log (AWD included), saved with save_pretrained."""
+    from esft.commands.replay import replay_run
     from esft.errors import EsftError
-    from esft.replay_command import replay_run
 
     try:
         message = replay_run(Path(run_dir), step, Path(out))

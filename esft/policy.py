@@ -85,7 +85,7 @@ def _load_hf(name: str, dtype: torch.dtype) -> tuple[Any, Any]:
     elif path.exists():
         raise EsftError(f"model.name '{name}' is a file; pass a directory saved with save_pretrained or a hub id")
     else:
-        from esft.hub import ensure_model_reachable
+        from esft.models.hub import ensure_model_reachable
 
         ensure_model_reachable(name)  # hub unreachable: one line now, not ~20 retry lines over ~45 s
     try:

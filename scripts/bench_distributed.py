@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from esft.rundir import read_jsonl
+from esft.storage.rundir import read_jsonl
 
 BASE = ["prior=none", "checkpoint.every=0", "eval.every=0", "eval.size=32"]
 

@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_es  # noqa: E402  (scripts/ is not a package)
 
 from esft.es import philox  # noqa: E402
-from esft.es.replay import replay  # noqa: E402
 from esft.es.trainer import ESTrainer  # noqa: E402
+from esft.es.update import replay  # noqa: E402
 
 
 def same_bits(numbers: int) -> dict:

@@ -9,11 +9,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-import esft.experiment as experiment_module
-from esft.checkpoint import latest_checkpoint
+import esft.run.experiment as experiment_module
 from esft.errors import EsftError
-from esft.experiment import Experiment
-from esft.hydra_app import conf_dir
+from esft.resources import conf_dir
+from esft.run.experiment import Experiment
+from esft.storage.checkpoint import latest_checkpoint
 
 FAST = ["model.tiny.warmup.steps=30", "model.tiny.warmup.batch_size=64", "prior.steps=2", "steps=3",
         "eval.every=2", "eval.size=32", "es.population_size=4", "es.prompts_per_step=16", "checkpoint.every=2"]

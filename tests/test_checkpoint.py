@@ -7,9 +7,9 @@ import errno
 import pytest
 import torch
 
-import esft.checkpoint as checkpoint
-from esft.checkpoint import CorruptCheckpoint, latest_checkpoint, load_checkpoint, save_checkpoint
+import esft.storage.checkpoint as checkpoint
 from esft.errors import EsftError
+from esft.storage.checkpoint import CorruptCheckpoint, latest_checkpoint, load_checkpoint, save_checkpoint
 
 
 def test_round_trip_and_pruning(tmp_path):
@@ -57,7 +57,7 @@ def test_disk_full_raised_by_safetensors_itself_is_recognised(tmp_path, monkeypa
     the run's handler still recognises a full disk from it."""
     from safetensors import SafetensorError
 
-    from esft.faults import write_failure
+    from esft.storage.faults import write_failure
 
     save_checkpoint(tmp_path, 1, {"master": torch.ones(4)}, {"stage": 0})
     error = SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")

@@ -7,8 +7,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from esft.errors import EsftError
-from esft.hydra_app import conf_dir
-from esft.trainers import validate_method_config
+from esft.resources import conf_dir
+from esft.run.methods import validate_method_config
 
 PINNED_KEYS = ["task", "prior", "method", "model", "seed", "steps", "eval.every", "es.population_size", "es.sigma",
                "es.alpha", "es.antithetic", "es.evaluator", "awd.kind", "awd.lambda", "awd.anchor", "data_dir",

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
+from esft.evaluation.off_task_kl import OffTaskKL
 
-from esft.diagnostics import OffTaskKL
 from esft.es.trainer import ESTrainer
 
 

@@ -19,10 +19,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
+from esft.distributed.sharding import ShardedPopulation
 from esft.errors import EsftError
-from esft.es.sharded import ShardedPopulation
 from esft.es.strategy import ESSettings
-from esft.rundir import read_jsonl
+from esft.storage.rundir import read_jsonl
 
 # 400 warm-up steps leave the tiny model able to score a little, so every ES step really updates the weights
 FAST = ["model.tiny.warmup.steps=400", "model.tiny.warmup.batch_size=64", "prior.steps=3", "steps=3",
@@ -76,7 +76,7 @@ def _rank_main(rank: int, port: int, results) -> None:
     """Worker of the in-process gloo tests: owned slots, string broadcast, and a divergence check."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
-    from esft import distributed
+    from esft.distributed import process_group as distributed
 
     gathered = distributed.gather_owned([float(rank), -0.0, float("nan")], owners=[1, 0, 1])
     said = distributed.broadcast_string("from rank 0" if rank == 0 else None)
@@ -113,7 +113,7 @@ def test_a_ranks_partial_noise_cache_updates_like_a_full_one():
     """A rank keeps only the draws it evaluated; apply_step regenerates the others, bit for bit."""
     from esft.es.lowrank import LowRankNoise
     from esft.es.noise import NoiseGenerator
-    from esft.es.replay import apply_step
+    from esft.es.update import apply_step
 
     settings, seeds, coefficients = ESSettings(4, 0.1, 0.1), [11, 12], [0.5, -1.5]
     for noise in (NoiseGenerator([6, 4], [(2, 3), (4,)], "iid"), LowRankNoise([(2, 3), (4,)], 1, False)):

@@ -13,10 +13,10 @@ import pytest
 import torch
 from safetensors import SafetensorError
 
-from esft.checkpoint import save_checkpoint
 from esft.errors import EsftError
-from esft.experiment import Experiment
-from esft.faults import fault_point, write_failure
+from esft.run.experiment import Experiment
+from esft.storage.checkpoint import save_checkpoint
+from esft.storage.faults import fault_point, write_failure
 
 SAFETENSORS_ENOSPC = "Error while serializing: I/O error: No space left on device (os error 28)"
 TORCH_ENOSPC = ("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file: "
@@ -67,7 +67,7 @@ def test_fault_point_raises_the_injected_error(monkeypatch):
 
 
 def test_fault_point_kill_is_a_real_sigkill(tmp_path):
-    code = "from esft.faults import fault_point; fault_point('step_done', 1); print('survived')"
+    code = "from esft.storage.faults import fault_point; fault_point('step_done', 1); print('survived')"
     done = subprocess.run([sys.executable, "-c", code], env={"ESFT_FAULT": "step_done@1", "PATH": ""},
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == -9 and "survived" not in done.stdout

@@ -47,7 +47,7 @@ class Crashy(Add):
 @pytest.mark.slow
 def test_a_crashing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
     """A user task (`_target_`, importable from the working directory) that raises a plain ValueError inside
-    job 0 only: every value passes the pre-check (esft/settings.py refuses every bad value up front)."""
+    job 0 only: every value passes the pre-check (esft/run/settings.py refuses every bad value up front)."""
     (tmp_path / "crashy.py").write_text(_CRASHING_TASK)
     sweep = tmp_path / "sweep"
     result = _sweep(["prior=none", "task=add", "+task._target_=crashy.Crashy", "+task.crash=true,false",

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from esft.errors import EsftError
-from esft.locks import FileLock, refuse_busy_run_dir, run_dir_busy
+from esft.storage.locks import FileLock, refuse_busy_run_dir, run_dir_busy
 
 HOLD = """
 import sys, time
-from esft.locks import FileLock
+from esft.storage.locks import FileLock
 lock = FileLock(sys.argv[1])
 assert lock.try_acquire()
 print("held", flush=True)

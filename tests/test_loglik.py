@@ -1,4 +1,4 @@
-"""Log-likelihood scoring of multiple-choice tasks (Policy.option_logprobs, esft/evaluation.py): the numbers
+"""Log-likelihood scoring of multiple-choice tasks (Policy.option_logprobs, esft/evaluation/evaluator.py): the numbers
 are the teacher-forced sums lm-evaluation-harness defines, the option the model is made to prefer wins, and
 acc_norm (per byte) parts from acc where option lengths differ."""
 
@@ -12,7 +12,7 @@ import torch
 from support import micro_policy
 
 from esft.errors import EsftError
-from esft.evaluation import Evaluator, loglik_metrics, resolve_scoring, score_examples
+from esft.evaluation.evaluator import Evaluator, loglik_metrics, resolve_scoring, score_examples
 from esft.policy import Policy, eos_ids, has_unique_tokenization
 from esft.tasks.base import Example, Task
 from esft.tasks.registry import build_task

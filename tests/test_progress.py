@@ -10,7 +10,17 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from esft.progress import Bar, Field, LoopProgress, Pace, RunDisplay, StatusLine, clock_text, fit_line, progress_bar
+from esft.core.progress import (
+    Bar,
+    Field,
+    LoopProgress,
+    Pace,
+    RunDisplay,
+    StatusLine,
+    clock_text,
+    fit_line,
+    progress_bar,
+)
 
 BAR = re.compile(r"━*─+|━+─*")
 ROWS = [{"task": "add", "accuracy": 0.54}, {"task": "reverse", "accuracy": 0.48},

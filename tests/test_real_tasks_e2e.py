@@ -11,7 +11,7 @@ import pytest
 from support import TASK_DATA
 from test_train_e2e import esft  # the subprocess runner of the e2e tests
 
-from esft.rundir import read_jsonl
+from esft.storage.rundir import read_jsonl
 
 
 @pytest.mark.slow

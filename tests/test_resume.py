@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from esft.rundir import read_jsonl
+from esft.storage.rundir import read_jsonl
 
 FAST = ["model.tiny.warmup.steps=30", "model.tiny.warmup.batch_size=64", "prior.steps=4", "steps=4",
         "eval.every=2", "eval.size=64", "es.population_size=4", "es.prompts_per_step=32", "checkpoint.every=3",

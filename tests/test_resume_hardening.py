@@ -17,11 +17,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from esft.checkpoint import checkpoint_dirs, find_resumable, latest_checkpoint, save_checkpoint
 from esft.errors import EsftError
-from esft.experiment import Experiment, config_fingerprint
 from esft.report.load import read_jsonl_tolerant
-from esft.rundir import METRICS_FILE, RUN_INFO_FILE, read_jsonl, repair_jsonl, write_json_atomic
+from esft.run.experiment import Experiment, config_fingerprint
+from esft.storage.checkpoint import checkpoint_dirs, find_resumable, latest_checkpoint, save_checkpoint
+from esft.storage.rundir import METRICS_FILE, RUN_INFO_FILE, read_jsonl, repair_jsonl, write_json_atomic
 
 D = 8
 CFG = {"seed": 0, "steps": 12}

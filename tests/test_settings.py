@@ -1,4 +1,4 @@
-"""Every bad value is refused up front with one line naming the key, the value and the fix (esft/settings.py).
+"""Every bad value is refused up front with one line naming the key, the value and the fix (esft/run/settings.py).
 
 Two tables: values set on the composed default config and validated by `RunSettings.from_config` (what
 Experiment.setup and the CLI pre-check both call), and whole `esft train` argument lists checked by
@@ -14,10 +14,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from esft.config_check import check_train_args, sweep_points
+from esft.commands.preflight import check_train_args, sweep_points
 from esft.errors import EsftError
-from esft.hydra_app import conf_dir
-from esft.settings import ESSection, RunSettings, check_population_memory, number
+from esft.resources import conf_dir
+from esft.run.settings import ESSection, RunSettings, check_population_memory, number
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +176,7 @@ def test_esft_tasks_and_the_unknown_task_error_list_one_set(tmp_path):
 
 
 def test_a_task_left_at_its_default_budget_is_fitted_to_the_tiny_context(base, tmp_path, caplog):
-    from esft.curriculum import build_stages
+    from esft.run.curriculum import build_stages
 
     data = tmp_path / "items.jsonl"
     data.write_text('{"prompt": "Capital of France?", "answer": "Paris"}\n')
@@ -193,7 +193,7 @@ def test_a_task_left_at_its_default_budget_is_fitted_to_the_tiny_context(base, t
 
 
 def test_train_help_lists_groups_common_keys_and_cfg_job(tmp_path):
-    from esft.train_help import COMMON_KEYS, train_help
+    from esft.commands.train_help import COMMON_KEYS, train_help
 
     (tmp_path / "task").mkdir()
     (tmp_path / "task" / "capitals.yaml").write_text("name: capitals\n")

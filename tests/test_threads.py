@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from esft.threads import available_cores, configure_threads, launcher_parallelism, thread_budget
+from esft.run.threads import available_cores, configure_threads, launcher_parallelism, thread_budget
 
 
 def test_omp_num_threads_is_honoured():

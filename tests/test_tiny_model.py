@@ -25,6 +25,11 @@ CONF = Path(__file__).resolve().parents[1] / "conf" / "model" / "tiny.yaml"
 TEXTS = ["12+34=", "héllo wörld 🎉 日本語", "  tabs\tand\nnewlines  ", "Ωμέγα <|pad|> ∑x²", ""]
 
 
+def entries(folder: Path) -> list[str]:
+    """The cache folder's entries, leaving out the build locks (`.<key>.lock`, kept for the next build)."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.endswith(".lock"))
+
+
 def tiny_model_cfg(cache_dir: Path, steps: int = 30, batch_size: int = 32) -> dict[str, Any]:
     """The shipped `model` config node, shrunk to a seconds-long warm-up, caching under `cache_dir`."""
     cfg = yaml.safe_load(CONF.read_text())
@@ -142,7 +147,7 @@ def test_cache_is_written_then_loaded_with_identical_weights(built: dict[str, An
     cache: Path = built["cache"]
     assert built["lines"][0] == f"warming up the tiny model once (30 steps); cached at {cache}"
     assert (cache / MARKER).is_file() and (cache / WEIGHTS).is_file()
-    assert [p.name for p in cache.parent.iterdir()] == [cache.name]  # the temp dir was renamed into place
+    assert entries(cache.parent) == [cache.name]  # the temp dir was renamed into place
 
     lines: list[str] = []
     model, tok, metrics = load_or_build_tiny(OmegaConf.create(built["cfg"]), log=lines.append)
@@ -209,7 +214,7 @@ def test_losing_the_publish_race_uses_the_winners_copy(
     assert metrics == built["metrics"]
     original = state(built["model"])
     assert all(torch.equal(v, original[k]) for k, v in state(model).items())
-    assert [p.name for p in cache.parent.iterdir()] == [cache.name]  # our temp copy was removed
+    assert entries(cache.parent) == [cache.name]  # our temp copy was removed
 
 
 def test_temp_dirs_of_killed_saves_are_removed_once_stale(
@@ -225,7 +230,7 @@ def test_temp_dirs_of_killed_saves_are_removed_once_stale(
     os.utime(stale, (two_hours_ago, two_hours_ago))
     monkeypatch.setattr(warmup_module, "warmup_tiny", skip_training)
     load_or_build_tiny(cfg, log=lambda line: None)
-    assert sorted(p.name for p in (tmp_path / "tiny").iterdir()) == sorted([name, young.name])
+    assert entries(tmp_path / "tiny") == sorted([name, young.name])
 
 
 def test_cache_key_tracks_the_config() -> None:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from esft.rundir import read_jsonl
+from esft.storage.rundir import read_jsonl
 
 # A fast tiny curriculum: short warm-up (its own cache key), few steps, small evals.
 FAST = ["model.tiny.warmup.steps=30", "model.tiny.warmup.batch_size=64", "prior.steps=3", "steps=4",

@@ -19,7 +19,7 @@ from esft.errors import EsftError
 from esft.es.params import FlatParams
 from esft.es.trainer import ESTrainer
 from esft.policy import Policy
-from esft.trainers import validate_method_config
+from esft.run.methods import validate_method_config
 from tests.conftest import DigitTask, micro_policy
 
 ES = {"population_size": 4, "sigma": 0.3, "alpha": 0.05, "antithetic": True, "shaping": "zscore",

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from esft.hydra_app import conf_dir
-from esft.locks import FileLock
 from esft.models.warmup import cache_key
+from esft.resources import conf_dir
+from esft.storage.locks import FileLock
 
 BUILD = """
 import json, sys

@@ -41,9 +41,9 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from esft.core.awd import apply_awd
 from esft.errors import EsftError
 from esft.es import philox
-from esft.es.awd import apply_awd
 from esft.es.noise import FlatNoise, _tensor_seed
 
 #: per tensor of one draw: (A, B) for a matrix, a flat normal vector for the rest, None when frozen
@@ -78,7 +78,7 @@ class LowRankNoise(FlatNoise):
         self.matrix = [len(s) == 2 for s in self.shapes]
 
     def describe(self) -> dict[str, Any]:
-        """What the replay log records so esft/es/replay.py can rebuild this generator."""
+        """What the replay log records so esft/es/update.py can rebuild this generator."""
         return {"noise": self.mode, "rank": self.rank, "freeze_nonmatrix": self.freeze_nonmatrix,
                 **({"factors": self.factors} if self.factors != "iid" else {})}
 

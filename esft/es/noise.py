@@ -175,7 +175,7 @@ class NoiseGenerator(FlatNoise):
         self.numel = sum(self.sizes)
 
     def describe(self) -> dict[str, Any]:
-        """What the replay log records so esft/es/replay.py can rebuild this generator."""
+        """What the replay log records so esft/es/update.py can rebuild this generator."""
         return {"noise": self.mode, **({"chunk": self.chunk} if self.mode == "iid" else {})}
 
     @property

@@ -154,7 +154,7 @@ class InplaceEvaluator:
 
     def evaluate(self, seeds: Sequence[int], fitness: StepFitness, members: Sequence[int] | None = None,
                  ) -> tuple[list[float], dict[int, torch.Tensor]]:
-        """Fitness of every member (or of `members` only: a torchrun rank's share, esft/es/sharded.py); also
+        """Fitness of every member (or of `members` only: a torchrun rank's share, esft/distributed/sharding.py); also
         the noise draws kept for the update (empty if not caching)."""
         order = [self.settings.member(m) for m in (range(self.settings.population_size) if members is None
                                                    else members)]

@@ -15,12 +15,12 @@ from typing import Any
 import torch
 
 from esft.core.accounting import peak_memory, reset_peak_memory
+from esft.core.awd import validate_awd
 from esft.core.sampling import sample_indices
-from esft.es.awd import validate_awd
 from esft.es.params import FlatParams
 from esft.es.population import StepFitness, build_evaluator, build_noise, resolve_cache_noise
-from esft.es.replay import apply_step
 from esft.es.strategy import ESSettings, ask, tell
+from esft.es.update import apply_step
 from esft.policy import Policy
 from esft.tasks.base import Task
 
@@ -129,7 +129,7 @@ class ESTrainer:
 
     def reference_weights(self):
         """Context manager: the model computes with theta0 inside the block (for the off-task KL)."""
-        from esft.diagnostics import loaded
+        from esft.evaluation.off_task_kl import loaded
 
         return loaded(lambda: self.params.load(self.params.theta0), self.params.restore)
 

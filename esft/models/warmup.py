@@ -41,9 +41,9 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from esft.core.progress import progress_bar
 from esft.errors import EsftError
 from esft.models.tiny import build_model, build_tokenizer
-from esft.progress import progress_bar
 from esft.tasks.base import Example
 from esft.tasks.registry import build_task
 
@@ -301,7 +301,7 @@ def load_or_build_tiny(
 @contextmanager
 def _build_lock(final: Path, log: Log) -> Iterator[None]:
     """Hold `.<key>.lock` beside the cache entry while building it; say so when another process holds it."""
-    from esft.locks import FileLock
+    from esft.storage.locks import FileLock
 
     lock = FileLock(final.parent / f".{final.name}.lock")
     lock.acquire(on_wait=lambda holder: log(

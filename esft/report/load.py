@@ -6,7 +6,7 @@ the file and the line, and the valid rows around it are still used; an unreadabl
 becomes a warning and an empty value. The only things a caller has to handle are the returned messages.
 
 A *run dir* is any directory holding `.hydra/config.yaml`, `metrics.jsonl`, `evals.jsonl`, `run.json` or
-`status.json` (see esft/rundir.py). A Hydra multirun root holds `multirun.yaml` and one run dir per job; we
+`status.json` (see esft/storage/rundir.py). A Hydra multirun root holds `multirun.yaml` and one run dir per job; we
 simply walk below every given path and collect the run dirs, without descending into a run dir.
 """
 
@@ -23,7 +23,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from esft.rundir import (
+from esft.storage.rundir import (
     CHECKPOINTS_DIR,
     DIAGNOSTICS_FILE,
     EVALS_FILE,
@@ -141,7 +141,7 @@ def discover(paths: list[str]) -> tuple[list[Path], list[str]]:
 
 #: row keys that place a row (global step, curriculum stage): a row without a usable one cannot be placed
 POSITION_KEYS = ("step", "stage")
-#: values the report computes with (esft/rundir.py documents the rows): anything but a finite number there is
+#: values the report computes with (esft/storage/rundir.py documents the rows): anything but a finite number there is
 #: dropped as a value, so one hand-edited cell costs that cell, not the run
 NUMERIC_KEYS = frozenset({
     "accuracy", "reward", "n", "theta_dist", "update_norm", "reward_mean", "reward_std", "reward_min",
@@ -174,7 +174,7 @@ def _bad_position(row: dict[str, Any]) -> str | None:
 
 def _drop_non_finite(row: dict[str, Any]) -> list[str]:
     """Null every top-level NaN/infinity, and any non-number under a NUMERIC_KEYS key, in place (Python's json
-    reads NaN and 1e999; esft never writes them, see esft.rundir.dumps, so they come from a hand edit or a
+    reads NaN and 1e999; esft never writes them, see esft.storage.rundir.dumps, so they come from a hand edit or a
     foreign writer); returns the keys nulled."""
     keys = [key for key, value in row.items() if _not_finite(value, key in NUMERIC_KEYS)]
     for key in keys:
@@ -191,7 +191,7 @@ def _lines(numbers: list[int]) -> str:
 def read_jsonl_tolerant(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
     """Rows of a JSONL file, skipping (and reporting) every line that is not a usable JSON object.
 
-    esft.rundir.iter_jsonl stops at the first corrupt row; a report wants the rows after it too, so this
+    esft.storage.rundir.iter_jsonl stops at the first corrupt row; a report wants the rows after it too, so this
     reader goes on and returns one warning per bad line, worded like rundir's error. A line is skipped when it
     is not JSON, not an object, or its step/stage is not a finite integer (`"step": 1e999` parses as infinity).
     Any other NaN or infinity (`"accuracy": NaN`) becomes null, so the row still counts without that value;

@@ -1,7 +1,7 @@
 """Drift metrics of one run, as pure functions of the loaded run dir (no printing, no files).
 
 Vocabulary. The *new stage* is the curriculum's last stage and its task the *new task*; every other task
-(earlier curriculum tasks and eval-only tasks) is a *prior task*. All steps are global steps (esft.rundir).
+(earlier curriculum tasks and eval-only tasks) is a *prior task*. All steps are global steps (esft.storage.rundir).
 
 Per prior task, over the eval points (step, accuracy) of the new stage, the first being its `stage_start`
 eval (at step first_step - 1, before any update of the stage):

@@ -36,10 +36,10 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from esft.errors import EsftError
-from esft.policy import Policy, tokens_through_stop
 from esft.core.accounting import StepTokens, TokenMeter
 from esft.core.anchor import Anchor
+from esft.errors import EsftError
+from esft.policy import Policy, tokens_through_stop
 from esft.rl.common import AnchoredTrainerMixin, rollout_metrics
 from esft.tasks.base import Task
 

@@ -54,7 +54,7 @@ class JsonlTask(SplitTask):
         self.reward_kind, self.tolerance = reward_kind, float(tolerance)
         if scoring not in (None, "generate", "loglik") or (scoring == "loglik" and reward_kind != "choice"):
             raise EsftError(f"task '{name}': scoring={scoring!r} must be generate, or loglik for reward_kind=choice")
-        self.scoring = scoring  # None: eval.scoring decides (esft/evaluation.py)
+        self.scoring = scoring  # None: eval.scoring decides (esft/evaluation/evaluator.py)
         self.prompt_field, self.answer_field, self.choices_field = prompt_field, answer_field, choices_field
         if not _valid_jsonl_option(jsonl):
             raise EsftError(f"task '{name}': jsonl must be a path or a mapping with train and/or eval paths, "

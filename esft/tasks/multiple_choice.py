@@ -17,7 +17,7 @@ Extraction: the last "answer is (X)" / "answer: X" / "option is X" (X a valid la
 completion that starts with the letter ("B", "(B)", "B. ...", but not "A good idea"). es-awd's last resort --
 the first stand-alone capital letter anywhere -- is dropped: it reads "I think" as option I.
 
-Log-likelihood scoring (`scoring: loglik`, esft/evaluation.py): `loglik_request` turns an item into
+Log-likelihood scoring (`scoring: loglik`, esft/evaluation/evaluator.py): `loglik_request` turns an item into
 lm-evaluation-harness's request -- a short "Question: ...\nAnswer:" context (HellaSwag: "activity: context")
 continued by each option's text, no option list and no letters -- so acc / acc_norm are the harness's numbers.
 """
@@ -89,7 +89,7 @@ class MultipleChoiceTask(SplitTask):
         self.split = split or self.default_split
         if scoring not in (None, "generate", "loglik"):
             raise EsftError(f"task '{self.name}': scoring={scoring!r} must be generate or loglik")
-        self.scoring = scoring  # None: eval.scoring decides (esft/evaluation.py)
+        self.scoring = scoring  # None: eval.scoring decides (esft/evaluation/evaluator.py)
 
     @classmethod
     def option_names(cls) -> tuple[str, ...]:

@@ -42,7 +42,7 @@ def available(config_dirs: Iterable[Path | str] = ()) -> list[str]:
     """Every task name a user can give: the registered tasks plus the task configs (`task=NAME`) in esft's
     conf/task and the user's config dirs. `esft tasks` and the unknown-task errors both list exactly this."""
     _load_builtin_tasks()
-    from esft.hydra_app import conf_dir
+    from esft.resources import conf_dir
 
     configs = {p.stem for d in (conf_dir(), *map(Path, config_dirs)) for p in (Path(d) / "task").glob("*.yaml")}
     return sorted(set(_REGISTRY) | configs)

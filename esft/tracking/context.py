@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from esft.rundir import read_json, write_json_atomic
+from esft.storage.rundir import read_json, write_json_atomic
 
 STATE_FILE = "trackers.json"
 
@@ -41,7 +41,7 @@ def swept_keys(argv: list[str]) -> set[str]:
     """The keys a command line sweeps (`awd.lambda=0,1`, `range(...)`): they tell the sweep's runs apart."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from esft.config_check import overrides_in
+    from esft.resources import overrides_in
 
     try:
         parsed = OverridesParser.create().parse_overrides(overrides_in(argv))

@@ -1,4 +1,4 @@
-"""The run dir's own record, as a MetricLogger: the pinned JSONL files (esft/rundir.py). Always on.
+"""The run dir's own record, as a MetricLogger: the pinned JSONL files (esft/storage/rundir.py). Always on.
 
 It writes through the experiment's writers (so torchrun followers, whose writers write nothing, stay
 silent) and is the one logger whose errors are not swallowed: a full disk must stop the run with the
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from esft.rundir import DIAGNOSTICS_FILE, EVALS_FILE, METRICS_FILE, JsonlWriter
+from esft.storage.rundir import DIAGNOSTICS_FILE, EVALS_FILE, METRICS_FILE, JsonlWriter
 
 
 class JsonlLogger:

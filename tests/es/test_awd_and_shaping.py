@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
+from esft.core.awd import apply_awd, validate_awd
 from esft.errors import EsftError
-from esft.es.awd import apply_awd, validate_awd
 from esft.es.shaping import centered_rank, sanitize, zscore
 from esft.es.strategy import ESSettings, tell
 

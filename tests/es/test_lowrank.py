@@ -12,9 +12,9 @@ from esft.es.lowrank import LowRankNoise, apply_lowrank_step, perturb_members
 from esft.es.noise import member_seed
 from esft.es.params import FlatParams
 from esft.es.population import LowRankEvaluator, StepFitness, build_noise
-from esft.es.replay import apply_step, replay
 from esft.es.strategy import ESSettings, tell
 from esft.es.trainer import ESTrainer
+from esft.es.update import apply_step, replay
 from tests.conftest import micro_policy
 
 SIGMA = 0.05

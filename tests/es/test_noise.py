@@ -46,7 +46,7 @@ def test_correlated_mode_reproduces_the_reference_quirk():
 def test_the_update_built_block_by_block_equals_the_whole_vector_update(monkeypatch):
     """apply_step builds theta += alpha/N sum c_k eps_k (and AWD) one block of tensors at a time to save two
     D-sized buffers; the result is the whole-vector formula, and cached and regenerated noise agree bit for bit."""
-    import esft.es.replay as replay
+    import esft.es.update as replay
     from esft.es.strategy import ESSettings
 
     sizes = [5, 7, 300, 11, 64]
@@ -140,7 +140,7 @@ def test_replay_rebuilds_the_chunking_each_row_logged():
     import pytest
 
     from esft.errors import EsftError
-    from esft.es.replay import apply_logged_step, noise_from_row, replay
+    from esft.es.update import apply_logged_step, noise_from_row, replay
 
     shapes = [(30, 10), (7,)]
     chunked = NoiseGenerator([300, 7], shapes, chunk=100)

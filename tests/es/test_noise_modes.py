@@ -10,8 +10,8 @@ import torch
 
 from esft.errors import EsftError
 from esft.es.noise import NOISE_SETTINGS, member_seed, resolve_noise_mode
-from esft.es.replay import replay
 from esft.es.trainer import ESTrainer
+from esft.es.update import replay
 from tests.conftest import micro_policy
 
 ES = {"population_size": 4, "sigma": 0.3, "alpha": 0.05, "antithetic": True, "shaping": "zscore",

@@ -11,8 +11,8 @@ import torch
 from esft.es import philox
 from esft.es.noise import DrawRef, NoiseGenerator, member_seed
 from esft.es.params import FlatParams
-from esft.es.replay import apply_step, noise_from_row, replay
 from esft.es.strategy import ESSettings
+from esft.es.update import apply_step, noise_from_row, replay
 
 # Random123 tests/kat_vectors, the three "philox4x32 10" lines and one "philox4x32 7" line: counter, key, output
 KNOWN_ANSWERS = [
@@ -137,7 +137,7 @@ def test_blockwise_distance_equals_the_direct_formula():
 
 @pytest.mark.parametrize("awd_kind", ["l2", "l1"])
 def test_live_cached_and_replayed_steps_are_bit_identical(awd_kind, monkeypatch):
-    from esft.es import replay as replay_module
+    from esft.es import update as replay_module
 
     shapes = [(6, 5), (5,), (3, 5), (3,)]
     sizes = [int(torch.Size(s).numel()) for s in shapes]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from esft.es.replay import replay
 from esft.es.trainer import ESTrainer
+from esft.es.update import replay
 
 ES = {"population_size": 4, "sigma": 0.3, "alpha": 0.05, "antithetic": True, "shaping": "zscore",
       "evaluator": "inplace", "prompts_per_step": 8, "cache_noise": True, "noise": "iid"}

@@ -75,7 +75,9 @@ def test_unreachable_hub_is_detected_fast(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens, refused at once
-    monkeypatch.setattr(packaged, "hub_reachable", lambda: __import__("esft.hub").hub.hub_reachable.__wrapped__())
+    from esft.models import hub
+
+    monkeypatch.setattr(packaged, "hub_reachable", lambda: hub.hub_reachable.__wrapped__())
     started = time.perf_counter()
     lines: list[str] = []
     assert packaged.choose_source({"name": NAME}, lines.append) == "gguf"
@@ -151,7 +153,7 @@ def test_smollm2_few_step_run_end_to_end(smollm_cache, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from esft.rundir import read_jsonl
+    from esft.storage.rundir import read_jsonl
 
     (tmp_path / "sums.jsonl").write_text("".join(json.dumps({"prompt": f"What is {a}+{b}? Reply with the number.",
                                                              "answer": str(a + b)}) + "\n" for a, b in

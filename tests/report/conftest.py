@@ -1,4 +1,4 @@
-"""Fabricated run dirs with known curves, written through the run-dir contract (esft.rundir).
+"""Fabricated run dirs with known curves, written through the run-dir contract (esft.storage.rundir).
 
 The default run is a two-stage curriculum add (steps 1-4) -> reverse (steps 5-10) with the eval-only task
 subtract, evals every 2 steps. Eval points are the global steps 0, 2, 4, 6, 8, 10; at step 4 the same weights
@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from omegaconf import OmegaConf
 
-from esft.rundir import (
+from esft.storage.rundir import (
     EVALS_FILE,
     HYDRA_CONFIG,
     METRICS_FILE,

@@ -7,7 +7,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from esft.cli import app
-from esft.rundir import EVALS_FILE, METRICS_FILE
+from esft.storage.rundir import EVALS_FILE, METRICS_FILE
 
 
 def test_non_finite_rows_exit_0_and_an_existing_report_needs_force(make_run, tmp_path: Path) -> None:

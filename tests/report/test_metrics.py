@@ -10,7 +10,7 @@ from esft.errors import EsftError
 from esft.report.grouping import differing_keys, flatten, group_runs
 from esft.report.load import load_run, load_runs
 from esft.report.metrics import aggregate, drift, predicted_theta, run_metrics, summarize
-from esft.rundir import EVALS_FILE, METRICS_FILE
+from esft.storage.rundir import EVALS_FILE, METRICS_FILE
 
 approx = pytest.approx
 

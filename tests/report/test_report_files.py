@@ -13,7 +13,7 @@ import pytest
 from rich.console import Console
 
 from esft.report.command import drift_report
-from esft.rundir import EVALS_FILE, RUN_INFO_FILE
+from esft.storage.rundir import EVALS_FILE, RUN_INFO_FILE
 
 PNGS = ["prior_accuracy.png", "new_task_accuracy.png", "theta_drift.png", "drop_vs_cost.png"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -10,9 +10,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from esft.experiment import Experiment, StageHooks
-from esft.hydra_app import conf_dir
-from esft.rundir import read_jsonl
+from esft.resources import conf_dir
+from esft.run.experiment import Experiment, StageHooks
+from esft.storage.rundir import read_jsonl
 from tests.conftest import micro_policy
 
 # add (3 steps) -> reverse (4 steps), eval every 2 steps, the eval-only subtract task, small evals.

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from esft.curriculum import Stage
 from esft.models.tiny import build_tokenizer
 from esft.policy import _cut_at_stop, tokens_through_stop
 from esft.rl.common import sample_completions
+from esft.run.curriculum import Stage
 from tests.conftest import DigitTask, micro_policy
 from tests.rl.test_rl_trainers import GRPO, NO_AWD, Hooks
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from esft.curriculum import Stage
 from esft.rl.ppo import PPOTrainer
+from esft.run.curriculum import Stage
 from tests.conftest import DigitTask, micro_policy
 
 CONTRACT = ("step", "stage", "task", "reward_mean", "reward_std", "reward_min", "reward_max", "theta_dist",
@@ -138,7 +138,7 @@ def test_ppo_resumes_exactly_from_its_state_dict():
 ])
 def test_bad_grpo_settings_are_refused(overrides, message):
     from esft.errors import EsftError
-    from esft.trainers import validate_method_config
+    from esft.run.methods import validate_method_config
 
     cfg = {"method": {"name": "grpo", **GRPO, **overrides}, "awd": NO_AWD}
     with pytest.raises(EsftError, match=message):

@@ -10,8 +10,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from support import TASK_DATA, needs_paper_data
 from omegaconf import OmegaConf
+from support import TASK_DATA, needs_paper_data
 
 from esft.errors import EsftError
 from esft.tasks.base import Task

@@ -11,12 +11,12 @@ import pytest
 from omegaconf import OmegaConf
 from tracking_helpers import MemoryTracker, expected_points, run_tiny, tiny_config
 
-import esft.experiment
+import esft.run.experiment
 import esft.tracking.fanout as fanout
 from esft.errors import EsftError
-from esft.experiment import Experiment
-from esft.hydra_app import conf_dir
-from esft.rundir import METRICS_FILE, RunDir
+from esft.resources import conf_dir
+from esft.run.experiment import Experiment
+from esft.storage.rundir import METRICS_FILE, RunDir
 from esft.tracking import registry
 from esft.tracking.context import JobInfo, job_from_hydra, sweep_name
 from esft.tracking.registry import TrackerSpec, check_trackers, selected_trackers
@@ -49,7 +49,7 @@ def test_missing_extra_names_the_extra(monkeypatch, name):
 
 
 def test_missing_extra_is_refused_before_the_run_starts(monkeypatch, tmp_path):
-    from esft.config_check import check_train_args
+    from esft.commands.preflight import check_train_args
 
     monkeypatch.setitem(sys.modules, "wandb", None)
     with pytest.raises(EsftError, match=r"pip install 'esft\[wandb\]'"):
@@ -120,12 +120,12 @@ def _fail_at_step(step: int):
 def test_resume_continues_the_same_tracker_runs_without_repeats(monkeypatch, tmp_path):
     run_dir = tmp_path / "run"
     trackers = "logger.extra=[tensorboard,wandb,mlflow]"
-    monkeypatch.setattr(esft.experiment, "fault_point", _fail_at_step(6))
+    monkeypatch.setattr(esft.run.experiment, "fault_point", _fail_at_step(6))
     with pytest.raises(RuntimeError, match="injected failure"):
         run_tiny(run_dir, trackers)
     first = json.loads((run_dir / "trackers.json").read_text())
     assert RunDir(run_dir).status()["state"] == "failed"
-    monkeypatch.setattr(esft.experiment, "fault_point", lambda name, step: None)
+    monkeypatch.setattr(esft.run.experiment, "fault_point", lambda name, step: None)
     Experiment(tiny_config(trackers), run_dir).run_all()  # resumes from the step-4 checkpoint
     assert RunDir(run_dir).status()["state"] == "done"
     assert json.loads((run_dir / "trackers.json").read_text()) == first  # same tracker runs, same ids
@@ -190,7 +190,7 @@ def test_sweep_job_names_group_and_run():
 
 def test_trackers_can_change_when_resuming():
     """The logger group does not change what a run computes: `esft train --resume DIR logger=wandb` is allowed."""
-    from esft.experiment import config_fingerprint
+    from esft.run.experiment import config_fingerprint
 
     assert config_fingerprint(tiny_config()) == config_fingerprint(tiny_config("logger=[tensorboard,mlflow]"))
     assert config_fingerprint(tiny_config()) != config_fingerprint(tiny_config("awd.lambda=0"))

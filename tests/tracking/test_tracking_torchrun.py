@@ -30,7 +30,7 @@ def test_only_rank_zero_logs(tmp_path):
 
 
 def test_followers_open_no_tracker(tmp_path):
-    from esft.rundir import RunDir
+    from esft.storage.rundir import RunDir
     from esft.tracking import JsonlLogger, open_loggers
 
     fanout = open_loggers({"logger": {"extra": ["tensorboard"]}}, RunDir(tmp_path), JsonlLogger({}),

@@ -7,9 +7,9 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from esft.experiment import Experiment
-from esft.hydra_app import conf_dir
-from esft.rundir import RunDir
+from esft.resources import conf_dir
+from esft.run.experiment import Experiment
+from esft.storage.rundir import RunDir
 from esft.tracking.fanout import recorded_rows, replay
 from esft.tracking.scalar import ScalarTracker
 

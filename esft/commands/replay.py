@@ -14,12 +14,12 @@ import torch
 from omegaconf import OmegaConf
 from transformers.utils import logging as hf_logging
 
-from esft.checkpoint import checkpoint_name, load_checkpoint
 from esft.errors import EsftError
 from esft.es.params import FlatParams
-from esft.es.replay import replay
+from esft.es.update import replay
 from esft.policy import Policy
-from esft.rundir import CHECKPOINTS_DIR, HYDRA_CONFIG, REPLAY_FILE, RUN_INFO_FILE, read_json, read_jsonl
+from esft.storage.checkpoint import checkpoint_name, load_checkpoint
+from esft.storage.rundir import CHECKPOINTS_DIR, HYDRA_CONFIG, REPLAY_FILE, RUN_INFO_FILE, read_json, read_jsonl
 
 
 def _load_run(run_dir: Path) -> tuple[dict, list[dict]]:

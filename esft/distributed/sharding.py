@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from esft import distributed
+from esft.distributed import process_group as distributed
 from esft.es.params import FlatParams
 from esft.es.strategy import ESSettings
 from esft.policy import Policy

@@ -103,7 +103,7 @@ def fit_to_context(task: Task, spec: Any, context: int | None, key: str) -> Task
     refuses it. A budget left to the task's default (the paper's 1,024 for data tasks, also a custom task's)
     is clipped to half the context on a small model, with a log line: the default is for 3B models, and a
     generation the context cannot hold would fail at the first rollout."""
-    from esft.settings import check_task_budget
+    from esft.run.settings import check_task_budget
 
     budget = getattr(task, "max_new_tokens", None)
     if context is None or not isinstance(budget, int):

@@ -4,7 +4,7 @@ Hydra reports a bad override with a multi-line message and exit code 1 after cre
 only fails at the point that is bad, after the good points have run. Here every point of a sweep is composed
 with the compose API first (`-m es.sigma=0.01,-1` names the bad point before anything runs; a sweep of more than
 MAX_SWEEP_POINTS points is checked on an even sample, and says so) and each composed config goes through the
-same validation as a real run (`esft.settings.RunSettings`, the task builders, the run dir): unknown config
+same validation as a real run (`esft.run.settings.RunSettings`, the task builders, the run dir): unknown config
 groups/options/keys, new keys added with `+`/`++` that nothing reads, values of the wrong type or out of range,
 an unwritable run dir and an uncached hub model with no network all become one `EsftError` line.
 
@@ -34,12 +34,10 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from esft.errors import EsftError
+from esft.resources import overrides_in
 
 log = logging.getLogger("esft")
 
-# Hydra flags that take a value (the value is not an override).
-_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-name", "-cn", "--config-path", "-cp",
-                     "--config-dir", "-cd", "--experimental-rerun", "--info", "-i"}
 #: a sweep with more points than this is checked on an even sample of this many points (composing one point
 #: takes ~10 ms; the cap keeps the pre-check under ~10 s even for a grid nobody would launch whole)
 MAX_SWEEP_POINTS = 1000
@@ -47,20 +45,6 @@ MAX_SWEEP_POINTS = 1000
 FULL_COMPOSE_POINTS = 16
 #: the sections whose keys are fixed by conf/train.yaml (a key there that the base config lacks is a typo)
 _FIXED_SECTIONS = ("es", "awd", "eval", "checkpoint", "policy", "progress", "distributed")
-
-
-def overrides_in(args: list[str]) -> list[str]:
-    found, skip = [], False
-    for arg in args:
-        if skip:
-            skip = False
-            continue
-        if arg in _FLAGS_WITH_VALUE:
-            skip = arg not in ("--info", "-i")
-            continue
-        if not arg.startswith("-"):
-            found.append(arg)
-    return found
 
 
 def flag_value(args: list[str], *names: str) -> str | None:
@@ -267,8 +251,8 @@ def check_new_keys(overrides: list[str], container: Mapping[str, Any], base: Map
 def check_point(conf: Path, overrides: list[str], dirs: list[Path], base: Mapping[str, Any],
                 composer: SweepComposer | None = None) -> dict[str, Any]:
     """Validate one composed run config exactly as a run would; return it."""
-    from esft.curriculum import build_eval_tasks, build_stages
-    from esft.settings import RunSettings
+    from esft.run.curriculum import build_eval_tasks, build_stages
+    from esft.run.settings import RunSettings
     from esft.tracking import check_trackers
 
     container = composer(overrides) if composer is not None else compose_point(conf, overrides, dirs)
@@ -316,7 +300,7 @@ def check_train_args(args: list[str], conf: Path) -> None:
         log.warning("sweep of %d points: checked an even sample of %d before launching", total, len(points))
     if container is not None:
         _check_writable(overrides, multirun)
-        from esft.hub import ensure_model_reachable
+        from esft.models.hub import ensure_model_reachable
 
         if not container["model"].get("gguf"):  # a packaged GGUF stands in for the hub (esft/models/packaged.py)
             ensure_model_reachable(str(container["model"]["name"]))
@@ -336,8 +320,8 @@ def _sweep_failure(bad: dict[str, list[str]], checked: int, total: int) -> str:
 
 def _check_existing_run_dir(overrides: list[str], container: dict) -> None:
     """Refuse to point a different config at an existing run dir: Hydra would overwrite its .hydra/ record."""
-    from esft.experiment import config_fingerprint
-    from esft.rundir import RUN_INFO_FILE, read_json
+    from esft.run.experiment import config_fingerprint
+    from esft.storage.rundir import RUN_INFO_FILE, read_json
 
     run_dirs = [o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")]
     if not run_dirs:

@@ -121,7 +121,7 @@ def resolve_scoring(task: Task, default: str) -> str:
 
 
 class Evaluator:
-    """Scores every task at a checkpoint; rows follow the evals.jsonl contract (esft/rundir.py)."""
+    """Scores every task at a checkpoint; rows follow the evals.jsonl contract (esft/storage/rundir.py)."""
 
     def __init__(self, policy: Policy, tasks: Mapping[str, Task], roles: Mapping[str, str],
                  batch_size: int = 256, size: int | None = None, scoring: str = "generate",

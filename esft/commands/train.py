@@ -4,7 +4,7 @@
 (EsftError) becomes one line on stderr, a failed status.json and exit code 2; in a multirun the failed job is
 recorded and the sweep continues, and so does a job that crashed with any other exception (a multirun job's
 failure must not take its siblings down; its status.json and log say what happened). Under torchrun,
-`prepare_args` first makes all ranks agree on one run dir (esft/distributed_run.py).
+`prepare_args` first makes all ranks agree on one run dir (esft/distributed/roles.py).
 """
 
 from __future__ import annotations
@@ -19,26 +19,21 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from esft.errors import EsftError
+from esft.resources import conf_dir
 
 log = logging.getLogger("esft")
-
-
-def conf_dir() -> Path:
-    """The shipped configs: esft/conf inside a wheel, the repository's conf/ in a source checkout."""
-    packaged = Path(__file__).resolve().parent / "conf"
-    return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / "conf"
 
 
 _FAILED_JOBS: list[str] = []  # run dirs of sweep jobs that failed; the sweep goes on, the exit code says so
 
 
 def train_job(cfg: DictConfig) -> None:
-    from esft.distributed_run import make_experiment
-    from esft.threads import configure_threads, launcher_parallelism
+    from esft.distributed.roles import make_experiment
+    from esft.run.threads import configure_threads, launcher_parallelism
     from esft.tracking import job_from_hydra
 
     hydra_cfg = HydraConfig.get()
-    configure_threads(launcher_parallelism(hydra_cfg))  # before any model exists: see esft/threads.py
+    configure_threads(launcher_parallelism(hydra_cfg))  # before any model exists: see esft/run/threads.py
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     try:
@@ -62,9 +57,9 @@ def train_job(cfg: DictConfig) -> None:
 def run_hydra(args: list[str]) -> None:
     from transformers.utils import logging as hf_logging
 
-    from esft.config_check import check_train_args
-    from esft.distributed_run import prepare_args
-    from esft.locks import refuse_busy_run_dir
+    from esft.commands.preflight import check_train_args
+    from esft.distributed.roles import prepare_args
+    from esft.storage.locks import refuse_busy_run_dir
 
     try:
         args = prepare_args(args)  # torchrun: join the process group, agree on one run dir
@@ -81,7 +76,7 @@ def run_hydra(args: list[str]) -> None:
 
     hf_logging.disable_progress_bar()  # save_pretrained's shard bar would clutter logs and the live display
     sys.argv = [sys.argv[0], *args]
-    from esft.distributed import shutdown
+    from esft.distributed.process_group import shutdown
 
     try:
         hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")(train_job)()

@@ -5,7 +5,7 @@
                its end, checkpoint every `checkpoint.every` steps and at its end
     finish     save the final model (save_pretrained + tokenizer), mark the run done
 
-Everything goes to the run dir (esft/rundir.py); nothing exists only on screen.
+Everything goes to the run dir (esft/storage/rundir.py); nothing exists only on screen.
 """
 
 from __future__ import annotations
@@ -19,17 +19,19 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from esft import distributed
-from esft.checkpoint import checkpoint_dirs, find_resumable, latest_checkpoint, save_checkpoint
-from esft.curriculum import Stage, build_eval_tasks, build_stages
-from esft.diagnostics import build_off_task_kl
+from esft.core.progress import RunDisplay
+from esft.distributed import process_group as distributed
 from esft.errors import EsftError
-from esft.evaluation import Evaluator
-from esft.faults import fault_point, write_failure
-from esft.locks import FileLock
+from esft.evaluation.evaluator import Evaluator
+from esft.evaluation.off_task_kl import build_off_task_kl
 from esft.policy import Policy
-from esft.progress import RunDisplay
-from esft.rundir import (
+from esft.run.curriculum import Stage, build_eval_tasks, build_stages
+from esft.run.methods import build_trainer
+from esft.run.settings import RunSettings, check_population_memory
+from esft.storage.checkpoint import checkpoint_dirs, find_resumable, latest_checkpoint, save_checkpoint
+from esft.storage.faults import fault_point, write_failure
+from esft.storage.locks import FileLock
+from esft.storage.rundir import (
     DIAGNOSTICS_FILE,
     EVALS_FILE,
     FINAL_MODEL_DIR,
@@ -42,9 +44,7 @@ from esft.rundir import (
     repair_jsonl,
     write_json_atomic,
 )
-from esft.settings import RunSettings, check_population_memory
 from esft.tracking import JsonlLogger, open_loggers
-from esft.trainers import build_trainer
 
 log = logging.getLogger("esft")
 
@@ -117,7 +117,7 @@ class Experiment:
 
     # -- setup -----------------------------------------------------------------------------------------
     def setup(self) -> None:
-        self.settings = RunSettings.from_config(self.cfg)  # every value checked once (esft/settings.py)
+        self.settings = RunSettings.from_config(self.cfg)  # every value checked once (esft/run/settings.py)
         self.stages: list[Stage] = build_stages(self.cfg)
         self.tasks, self.roles = build_eval_tasks(self.cfg, self.stages)
         self.policy = Policy.from_config(self.cfg["model"], policy_cfg=self.cfg.get("policy"))

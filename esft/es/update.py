@@ -18,8 +18,8 @@ from typing import Any, Union
 
 import torch
 
+from esft.core.awd import apply_awd
 from esft.errors import EsftError
-from esft.es.awd import apply_awd
 from esft.es.lowrank import LowRankNoise, apply_lowrank_step
 from esft.es.noise import NoiseGenerator
 from esft.es.strategy import ESSettings, accumulate_update, apply_update

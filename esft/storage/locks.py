@@ -89,7 +89,7 @@ class FileLock:
 
 def run_dir_busy(run_dir: Path) -> str | None:
     """Who holds `run_dir`'s run lock, or None when it is free (or absent). Probes without keeping the lock."""
-    from esft.rundir import LOCK_FILE
+    from esft.storage.rundir import LOCK_FILE
 
     path = Path(run_dir) / LOCK_FILE
     if not path.exists():

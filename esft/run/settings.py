@@ -12,7 +12,7 @@ size must split into heads, the context must hold a prompt plus the generation b
 in memory). The defaults live in conf/ only: these classes read each key that conf/ declares and never
 re-state a default.
 
-The ES and AWD rules themselves are `esft.es.strategy.ESSettings.validate` and `esft.es.awd.validate_awd`; this
+The ES and AWD rules themselves are `esft.es.strategy.ESSettings.validate` and `esft.core.awd.validate_awd`; this
 module only feeds them checked numbers and adds what they cannot know (finiteness, the model, memory).
 """
 
@@ -186,7 +186,7 @@ class AWDSection:
 
     @classmethod
     def from_config(cls, awd: Mapping[str, Any], alpha: float, alpha_key: str = "es.alpha") -> "AWDSection":
-        from esft.es.awd import AWD_KINDS, validate_awd
+        from esft.core.awd import AWD_KINDS, validate_awd
 
         kind = choice(_need(awd, "kind", "awd"), "awd.kind", AWD_KINDS)
         lam = number(_need(awd, "lambda", "awd"), "awd.lambda", low=0)
@@ -425,7 +425,7 @@ class MethodSection:
 
     @classmethod
     def from_config(cls, node: Mapping[str, Any]) -> "MethodSection":
-        from esft.trainers import METHODS
+        from esft.run.methods import METHODS
 
         name = node.get("name")
         if name not in METHODS:

@@ -27,8 +27,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from esft.errors import EsftError
-from esft.faults import fault_point
-from esft.rundir import write_json_atomic
+from esft.storage.faults import fault_point
+from esft.storage.rundir import write_json_atomic
 
 WEIGHTS = "weights.safetensors"
 STATE = "state.json"

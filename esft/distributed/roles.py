@@ -20,10 +20,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from esft import distributed
+from esft.distributed import process_group as distributed
 from esft.errors import EsftError
-from esft.experiment import Experiment
-from esft.rundir import JsonlWriter, RunDir
+from esft.run.experiment import Experiment
+from esft.storage.rundir import JsonlWriter, RunDir
 
 _RUN_DIR = "hydra.run.dir="
 
@@ -59,7 +59,7 @@ class ShardedExperiment(Experiment):
         if self.method != "es":
             raise EsftError(f"torchrun shards an ES population; method={self.method} runs in one process")
         super().setup()
-        from esft.es.sharded import shard_population
+        from esft.distributed.sharding import shard_population
 
         every = int((self.cfg.get("distributed") or {}).get("checksum_every", 50) or 0)
         shard_population(self.trainer, every)

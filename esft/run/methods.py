@@ -16,10 +16,10 @@ METHODS = ("es", "grpo", "ppo")
 def validate_method_config(method: str, cfg: Mapping[str, Any]) -> None:
     """Check a method's settings before anything expensive (model loading, warm-up) happens.
 
-    The rules live in esft/settings.py (one place of validation, shared with `RunSettings.from_config`); this
+    The rules live in esft/run/settings.py (one place of validation, shared with `RunSettings.from_config`); this
     entry point checks only the method's own sections (es/awd or method/awd, and the rollout backend), so it
     also serves hand-built configs that hold nothing else."""
-    from esft.settings import MethodSection, PolicySection, check_backend, method_sections
+    from esft.run.settings import MethodSection, PolicySection, check_backend, method_sections
 
     if method not in METHODS:
         raise EsftError(f"unknown method '{method}'; available methods: {', '.join(METHODS)}")

@@ -1,0 +1,1 @@
+"""Run orchestration: the curriculum runner (experiment), stages, typed settings, method factory, threads."""
