@@ -16,8 +16,8 @@ import time
 import torch
 
 from esft.es.trainer import ESTrainer
+from esft.models.loading import load_policy
 from esft.models.tiny import build_tokenizer
-from esft.policy import Policy
 from esft.tasks.base import Example, Task
 
 
@@ -55,7 +55,7 @@ def save_random_qwen(path: str) -> None:
 
 
 def run(backend: str, path: str, dtype: str, steps: int) -> tuple[list[list[float]], float]:
-    policy = Policy.from_config({"name": path, "dtype": dtype, "device": "cuda", "chat_template": False},
+    policy = load_policy({"name": path, "dtype": dtype, "device": "cuda", "chat_template": False},
                                 policy_cfg={"backend": backend, "gpu_memory_utilization": 0.4})
     rewards: list[list[float]] = []
     es = {"population_size": 8, "sigma": 1e-3, "alpha": 5e-4, "antithetic": True, "shaping": "zscore",

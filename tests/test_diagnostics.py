@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
-from esft.evaluation.off_task_kl import OffTaskKL
 
 from esft.es.trainer import ESTrainer
+from esft.evaluation.off_task_kl import OffTaskKL
 
 
 def _trainer(policy):

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from esft.core.prompts import Prompt
 from esft.errors import EsftError
-from esft.policy import Policy, _cut_at_stop
-from esft.tasks.base import Prompt
+from esft.models.loading import load_policy
+from esft.policy import _cut_at_stop
 
 TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</{{ m['role'] }}>{% endfor %}"
             "{% if add_generation_prompt %}<assistant>{% endif %}")
@@ -38,7 +39,7 @@ def test_generate_returns_completion_only(policy):
 def test_saved_model_loads_through_model_name(policy, tmp_path):
     policy.model.save_pretrained(tmp_path / "m")
     policy.tokenizer.save_pretrained(tmp_path / "m")
-    loaded = Policy.from_config({"name": str(tmp_path / "m"), "dtype": "float32", "device": "cpu"})
+    loaded = load_policy({"name": str(tmp_path / "m"), "dtype": "float32", "device": "cpu"})
     assert loaded.generate(["12+34="], 3) == policy.generate(["12+34="], 3)
     assert not loaded.use_chat_template
 
@@ -46,7 +47,7 @@ def test_saved_model_loads_through_model_name(policy, tmp_path):
 def test_model_dir_without_weights_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(EsftError, match="holds no weights"):
-        Policy.from_config({"name": str(tmp_path / "empty")})
+        load_policy({"name": str(tmp_path / "empty")})
 
 
 def test_unreachable_hub_id_is_a_clear_error(monkeypatch):
@@ -54,7 +55,7 @@ def test_unreachable_hub_id_is_a_clear_error(monkeypatch):
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no network retries in the test
     with pytest.raises(EsftError, match="cannot load model"):
-        Policy.from_config({"name": "no-such-org/no-such-model-xyz"})
+        load_policy({"name": "no-such-org/no-such-model-xyz"})
 
 
 def test_prompts_longer_than_the_context_are_cut_from_the_left(policy, caplog):

@@ -15,9 +15,11 @@ import pytest
 import torch
 
 from esft.backends import HFModelSink, WeightSink, iter_named_weights, named_weights_for
+from esft.backends.weights import FollowsWeights
 from esft.errors import EsftError
 from esft.es.params import FlatParams
 from esft.es.trainer import ESTrainer
+from esft.models.loading import load_policy
 from esft.policy import Policy
 from esft.run.methods import validate_method_config
 from tests.conftest import DigitTask, micro_policy
@@ -27,7 +29,7 @@ ES = {"population_size": 4, "sigma": 0.3, "alpha": 0.05, "antithetic": True, "sh
 AWD = {"kind": "l2", "lambda": 1.0, "anchor": "start"}
 
 
-class FakeEngine:
+class FakeEngine(FollowsWeights):
     """vLLM's surface over an HF model of its own; records every weight vector it is sent, flattened."""
 
     def __init__(self, model: torch.nn.Module, tokenizer, dtype: torch.dtype = torch.float32) -> None:
@@ -129,7 +131,7 @@ def test_hf_sink_rejects_unknown_names_and_shapes():
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
 def test_vllm_backend_without_vllm_is_one_line_error():
     with pytest.raises(EsftError) as info:  # refused before the model is built or loaded
-        Policy.from_config({"name": "no-such-model", "device": "cpu"}, policy_cfg={"backend": "vllm"})
+        load_policy({"name": "no-such-model", "device": "cpu"}, policy_cfg={"backend": "vllm"})
     message = str(info.value)
     assert "\n" not in message and "pip install 'esft[vllm]' on a CUDA machine" in message
 
@@ -145,7 +147,7 @@ def test_vllm_backend_without_cuda_is_one_line_error(monkeypatch):
 
 def test_unknown_backend_and_unsupported_combinations_are_refused():
     with pytest.raises(EsftError, match="unknown policy.backend"):
-        Policy.from_config({"name": "tiny"}, policy_cfg={"backend": "sglang"})
+        load_policy({"name": "tiny"}, policy_cfg={"backend": "sglang"})
     cfg = {"es": dict(ES), "awd": dict(AWD), "policy": {"backend": "vllm"}}
     validate_method_config("es", cfg)
     with pytest.raises(EsftError, match="es.evaluator=inplace"):

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from esft.backends.weights import FollowsWeights
 from esft.errors import EsftError
 
 INSTALL_HINT = "pip install 'esft[vllm]' on a CUDA machine"
@@ -78,7 +79,7 @@ def weight_loader(llm: Any) -> Callable[[Weights], None]:
                     "LLM.collective_rpc (V1), so esft cannot load weights into it; use vllm>=0.8 or policy.backend=hf")
 
 
-class VLLMGenerator:
+class VLLMGenerator(FollowsWeights):
     """One `vllm.LLM` for the run: greedy generation from token ids, and `load_weights` from named tensors."""
 
     def __init__(self, model_path: str, dtype: torch.dtype, gpu_memory_utilization: float = 0.85,

@@ -87,3 +87,17 @@ class HFModelSink:
                                  f"weights {tuple(tensor.shape)}")
             target.copy_(tensor)
             self.loaded.append(name)
+
+
+class FollowsWeights:
+    """A second engine that mirrors the HF model (the vLLM engine): `Policy.watch(params)` asks it to follow
+    every vector a FlatParams writes into the model, pushed as `load_weights(iter_named_weights(...))`."""
+
+    dtype: torch.dtype  # the engine's weight dtype; subclasses also define load_weights(named tensors)
+
+    def follow(self, params: "FlatParams") -> None:
+        if getattr(self, "_followed", None) is params:
+            return
+        self._followed = params
+        params.on_load.append(lambda base, noise, scale: self.load_weights(
+            iter_named_weights(params, base, self.dtype, noise, scale)))

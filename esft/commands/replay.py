@@ -17,7 +17,7 @@ from transformers.utils import logging as hf_logging
 from esft.errors import EsftError
 from esft.es.params import FlatParams
 from esft.es.update import replay
-from esft.policy import Policy
+from esft.models.loading import load_policy
 from esft.storage.checkpoint import checkpoint_name, load_checkpoint
 from esft.storage.rundir import CHECKPOINTS_DIR, HYDRA_CONFIG, REPLAY_FILE, RUN_INFO_FILE, read_json, read_jsonl
 
@@ -41,7 +41,7 @@ def replay_run(run_dir: Path, step: int, out: Path) -> str:
     if step < 0 or (step > 0 and step not in logged):
         last = max(logged) if logged else 0
         raise EsftError(f"step {step} is not in the replay log of {run_dir} (steps 1..{last})")
-    policy = Policy.from_config(cfg["model"])
+    policy = load_policy(cfg["model"])
     params = FlatParams(policy.model)
     info_path = run_dir / RUN_INFO_FILE
     if info_path.exists() and read_json(info_path).get("num_parameters") not in (None, params.numel):

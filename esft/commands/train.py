@@ -37,9 +37,8 @@ def train_job(cfg: DictConfig) -> None:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     try:
-        experiment = make_experiment(cfg, run_dir)
-        experiment.job = job_from_hydra(hydra_cfg)  # tracker group/run name from the sweep (esft/tracking)
-        experiment.run_all()
+        job = job_from_hydra(hydra_cfg)  # tracker group/run name from the sweep (esft/tracking)
+        make_experiment(cfg, run_dir, job).run_all()
         log.info("run dir: %s", run_dir)
     except EsftError as exc:
         print(f"esft: error: {exc}", file=sys.stderr)

@@ -5,25 +5,26 @@ Under torchrun every rank executes `hydra.main`, and Hydra would give each its o
 broadcasts it; the other ranks get `hydra.output_subdir=null` and `hydra/job_logging=disabled`, so they
 leave no `.hydra/` and no log file there.
 
-Inside the job, rank 0 runs the ordinary Experiment (writers, status.json, checkpoints, evaluations,
-final_model, the progress display) with a sharded population; the other ranks run a FollowerExperiment that
-computes the same training steps from the same checkpoint and writes nothing: they read the run dir (to
-resume from the same checkpoint) but skip evaluation (it does not change the weights; rank 0's evals.jsonl is
-the single-process one) and stay silent.
+Inside the job every rank runs the ordinary Experiment with a `ShardingRole` (esft/run/role.py): rank 0, the
+leader, writes the run dir (logs, status.json, checkpoints, evaluations, final_model, the progress display);
+the followers compute the same training steps from the same checkpoint and write nothing: they read the run
+dir (to resume from the same checkpoint) but skip evaluation (it does not change the weights; rank 0's
+evals.jsonl is the single-process one) and stay silent.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from esft.distributed import process_group as distributed
+from esft.distributed.sharding import ShardedPopulation
 from esft.errors import EsftError
 from esft.run.experiment import Experiment
-from esft.storage.rundir import JsonlWriter, RunDir
+from esft.run.role import RunRole
+from esft.tracking.context import JobInfo
 
 _RUN_DIR = "hydra.run.dir="
 
@@ -45,75 +46,28 @@ def prepare_args(args: list[str]) -> list[str]:
     return args
 
 
-def make_experiment(cfg: Any, run_dir: Path) -> Experiment:
-    """The Experiment this process runs: the plain one outside torchrun, else the rank's role."""
+def make_experiment(cfg: Any, run_dir: Path, job: JobInfo | None = None) -> Experiment:
+    """The one factory of this process's experiment: the plain one outside torchrun, else with the rank's role.
+    `job` names the tracker group and run of a sweep job (esft/tracking/context.py)."""
     if distributed.world_size() <= 1:
-        return Experiment(cfg, run_dir)
-    return ShardedExperiment(cfg, run_dir) if distributed.is_main() else FollowerExperiment(cfg, run_dir)
+        return Experiment(cfg, run_dir, job=job)
+    checksum_every = int(cfg["distributed"]["checksum_every"] or 0)
+    role = ShardingRole("leader" if distributed.is_main() else "follower", distributed.is_main(), checksum_every)
+    return Experiment(cfg, run_dir, role=role, job=job)
 
 
-class ShardedExperiment(Experiment):
-    """Rank 0: the ordinary experiment whose ES trainer evaluates only rank 0's share of each population."""
+@dataclass(frozen=True)
+class ShardingRole(RunRole):
+    """A torchrun rank: its ES trainer evaluates only this rank's share of each population (the leader also
+    writes the run dir), and the final weights are compared across ranks before the leader saves them."""
 
-    def setup(self) -> None:
-        if self.method != "es":
-            raise EsftError(f"torchrun shards an ES population; method={self.method} runs in one process")
-        super().setup()
-        from esft.distributed.sharding import shard_population
+    checksum_every: int = 50
 
-        every = int((self.cfg.get("distributed") or {}).get("checksum_every", 50) or 0)
-        shard_population(self.trainer, every)
+    def prepare(self, trainer: Any, method: str) -> None:
+        if method != "es":
+            raise EsftError(f"torchrun shards an ES population; method={method} runs in one process")
+        trainer.use_population(ShardedPopulation(trainer.population, trainer.params, trainer.settings,
+                                                 trainer.policy, self.checksum_every))
 
-    def finish(self) -> None:
-        """Compare the final weights on all ranks before rank 0 saves them."""
-        distributed.check_identical(self.trainer.params.master, "the final master weights")
-        super().finish()
-
-
-class _NullWriter(JsonlWriter):
-    def __init__(self) -> None:  # no file: the follower's rows are rank 0's rows
-        pass
-
-    def write(self, row: dict[str, Any]) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-class ReadOnlyRunDir(RunDir):
-    """The shared run dir as a follower sees it: readable (status, checkpoints), never written."""
-
-    def writer(self, name: str) -> JsonlWriter:
-        return _NullWriter()
-
-    def set_status(self, state: str, **fields: Any) -> None:
-        pass
-
-
-class FollowerExperiment(ShardedExperiment):
-    """Ranks > 0: the same training steps as rank 0, from the same checkpoint, with no output at all."""
-
-    def __init__(self, cfg: Any, run_dir: Path | str) -> None:
-        super().__init__(cfg, run_dir)
-        self.run = ReadOnlyRunDir(run_dir)
-
-    def _repair_logs(self, keep: Any) -> None:
-        pass  # rank 0 repairs the logs on resume
-
-    def _write_run_info(self) -> None:
-        pass
-
-    def _evaluate(self, step: int, stage: int, event: str) -> None:
-        pass  # scoring does not change the weights, and rank 0 writes the scores
-
-    def _checkpoint(self, step: int, stage: int) -> None:
-        pass
-
-    def train(self) -> None:
-        with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):  # no second progress bar
-            super().train()
-
-    def finish(self) -> None:
-        distributed.check_identical(self.trainer.params.master, "the final master weights")
-        self.trainer.finalize()
+    def verify(self, trainer: Any) -> None:
+        distributed.check_identical(trainer.params.master, "the final master weights")

@@ -70,10 +70,3 @@ class ShardedPopulation:
         if self.checksum_every and self.calls % self.checksum_every == 0:
             distributed.check_identical(self.params.master, "the master weights")
         self.calls += 1
-
-
-def shard_population(trainer: Any, checksum_every: int = 50) -> None:
-    """Give an ES trainer a sharded population when running under torchrun with more than one rank."""
-    if distributed.world_size() > 1:
-        trainer.population = ShardedPopulation(trainer.population, trainer.params, trainer.settings,
-                                               trainer.policy, checksum_every)

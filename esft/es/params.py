@@ -13,31 +13,18 @@ The list is empty on the HF backend, so its path costs one empty loop.
 
 from __future__ import annotations
 
-import re
-from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
 
-from esft.core.distance import squared_distance
+from esft.core.distance import distances
 from esft.es.noise import DrawRef, perturbed
 
 #: numbers of portable noise drawn at once when loading a member (16 MB of fp32)
 PORTABLE_BLOCK = 1 << 22
 LoadCallback = Callable[[torch.Tensor, "torch.Tensor | None", float], None]
-_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
-
-
-def layer_of(name: str) -> str:
-    """Group a parameter name into a layer label: `layers.3` for transformer blocks, else its module."""
-    match = _LAYER.search(name)
-    if match:
-        return f"layers.{int(match.group(1)):02d}"
-    parts = name.split(".")
-    return ".".join(parts[:-1][-1:]) or parts[0]
-
-
 class FlatParams:
     """All trainable parameters of a model as one fp32 vector, plus the anchor theta0."""
 
@@ -152,19 +139,27 @@ class FlatParams:
     def restore(self) -> None:
         self.load(self.master)
 
+    @contextmanager
+    def theta0_loaded(self) -> Iterator[None]:
+        """The model computes with theta0 inside the block and with master, exactly, after it (the off-task
+        KL's reference); master itself is never written."""
+        self.load(self.theta0)
+        try:
+            yield
+        finally:
+            self.restore()
+
+    def _triples(self, reference: torch.Tensor):
+        return ((name, self.master[part], reference[part]) for name, part in self.slices())
+
     def distance(self, reference: torch.Tensor | None = None) -> float:
         """|theta - theta0| (L2 over all parameters), the drift the papers track, accumulated per tensor in
         blocks (esft.core.distance): no D-sized temporary (a 7B model's would be 28 GB beside the weights)."""
-        reference = self.theta0 if reference is None else reference
-        return sum(squared_distance(self.master[part], reference[part]) for _, part in self.slices()) ** 0.5
+        return distances(self._triples(self.theta0 if reference is None else reference), by_layer=False)[0]
 
     def layer_distances(self) -> dict[str, float]:
         """|theta - theta0| restricted to each layer, blockwise like `distance`."""
-        squared: OrderedDict[str, float] = OrderedDict()
-        for name, part in self.slices():
-            label = layer_of(name)
-            squared[label] = squared.get(label, 0.0) + squared_distance(self.master[part], self.theta0[part])
-        return {label: value ** 0.5 for label, value in squared.items()}
+        return distances(self._triples(self.theta0))[1]
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """The master for a checkpoint: the tensor itself on a CPU (no copy: saving reads it synchronously),

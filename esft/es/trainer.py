@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -17,6 +18,7 @@ import torch
 from esft.core.accounting import peak_memory, reset_peak_memory
 from esft.core.awd import validate_awd
 from esft.core.sampling import sample_indices
+from esft.core.trainer import StepTrainer
 from esft.es.params import FlatParams
 from esft.es.population import StepFitness, build_evaluator, build_noise, resolve_cache_noise
 from esft.es.strategy import ESSettings, ask, tell
@@ -25,7 +27,7 @@ from esft.policy import Policy
 from esft.tasks.base import Task
 
 
-class ESTrainer:
+class ESTrainer(StepTrainer):
     """Evolution Strategies with Anchored Weight Decay on fp32 master weights."""
 
     name = "es"
@@ -127,11 +129,14 @@ class ESTrainer:
             self.anchor = state["anchor"].to(self.params.device).clone()
         self.params.restore()
 
-    def reference_weights(self):
+    def reference_weights(self) -> AbstractContextManager[None]:
         """Context manager: the model computes with theta0 inside the block (for the off-task KL)."""
-        from esft.evaluation.off_task_kl import loaded
+        return self.params.theta0_loaded()
 
-        return loaded(lambda: self.params.load(self.params.theta0), self.params.restore)
+    def use_population(self, evaluator: Any) -> None:
+        """Evaluate populations with `evaluator` from now on (same `evaluate(seeds, fitness)` seam): the
+        torchrun roles wrap the built evaluator in a sharded one (esft/distributed/roles.py)."""
+        self.population = evaluator
 
     def finalize(self) -> None:
         """Detach the model from the working buffer so it can be saved with save_pretrained."""

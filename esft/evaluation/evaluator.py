@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from esft.core.prompts import Prompt
 from esft.errors import EsftError
 from esft.policy import Policy
-from esft.tasks.base import Example, Prompt, Task
+from esft.tasks.base import Example, Task
 
 SCORINGS = ("generate", "loglik")
 LOGLIK_METRICS = ("acc", "acc_norm")

@@ -9,7 +9,6 @@ temporarily loading theta0 (`trainer.reference_weights()`), never stored, so mem
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ContextManager
@@ -88,19 +87,9 @@ def build_off_task_kl(policy: Policy, cfg: Mapping[str, Any], tasks: Mapping[str
                       roles: Mapping[str, str], trainer: Any) -> OffTaskKL | None:
     """The KL diagnostic if `eval.kl.enabled` and the trainer can load its reference weights."""
     kl_cfg = (cfg.get("eval") or {}).get("kl") or {}
-    if not kl_cfg.get("enabled", False) or not hasattr(trainer, "reference_weights"):
+    if not kl_cfg.get("enabled", False):
         return None
     names = kl_cfg.get("tasks") or [n for n, role in roles.items() if role == "eval_only"]
     chosen = {n: tasks[n] for n in names if n in tasks}
     return OffTaskKL(policy, chosen, int(kl_cfg.get("samples", 50)), int(kl_cfg.get("max_new_tokens", 64)),
                      int(kl_cfg.get("batch_size", 16))) if chosen else None
-
-
-@contextlib.contextmanager
-def loaded(load: Callable[[], None], restore: Callable[[], None]):
-    """Helper for trainers: load other weights for the duration of a block."""
-    load()
-    try:
-        yield
-    finally:
-        restore()

@@ -36,6 +36,7 @@ from torch import nn
 from esft.core.accounting import StepTokens, TokenMeter
 from esft.core.anchor import Anchor
 from esft.core.sampling import sample_indices
+from esft.core.trainer import StepTrainer
 from esft.policy import Policy
 from esft.rl.common import AnchoredTrainerMixin, Rollout, rollout_metrics, sample_completions
 
@@ -132,7 +133,7 @@ class PPOSettings:
                    float(c["temperature"]), int(length) if length else None, float(c.get("max_grad_norm", 1.0)))
 
 
-class PPOTrainer(AnchoredTrainerMixin):
+class PPOTrainer(AnchoredTrainerMixin, StepTrainer):
     """PPO with a value head and a KL penalty to theta0, behind the ES trainer's seam (`step` per esft step)."""
 
     name = "ppo"

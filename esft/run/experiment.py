@@ -10,9 +10,11 @@ Everything goes to the run dir (esft/storage/rundir.py); nothing exists only on 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -20,13 +22,14 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from esft.core.progress import RunDisplay
-from esft.distributed import process_group as distributed
+from esft.core.trainer import Trainer
 from esft.errors import EsftError
 from esft.evaluation.evaluator import Evaluator
 from esft.evaluation.off_task_kl import build_off_task_kl
-from esft.policy import Policy
+from esft.models.loading import load_policy
 from esft.run.curriculum import Stage, build_eval_tasks, build_stages
 from esft.run.methods import build_trainer
+from esft.run.role import SINGLE, RunRole
 from esft.run.settings import RunSettings, check_population_memory
 from esft.storage.checkpoint import checkpoint_dirs, find_resumable, latest_checkpoint, save_checkpoint
 from esft.storage.faults import fault_point, write_failure
@@ -39,12 +42,14 @@ from esft.storage.rundir import (
     METRICS_FILE,
     REPLAY_FILE,
     RUN_INFO_FILE,
+    ReadOnlyRunDir,
     RunDir,
     read_json,
     repair_jsonl,
     write_json_atomic,
 )
 from esft.tracking import JsonlLogger, open_loggers
+from esft.tracking.context import JobInfo
 
 log = logging.getLogger("esft")
 
@@ -74,26 +79,30 @@ def config_fingerprint(cfg: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(stable, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-class StageHooks:
-    """The schedule of one stage, for the ES loop and for trainers that run a stage in their own loop
-    (`run_stage(stage, hooks)`, e.g. TRL's GRPOTrainer): after each optimizer step they call `step_done`, and
-    when `checkpoint_due` says so they save their own state and then call `checkpoint`. So steps, metrics
-    rows, periodic evaluations and checkpoints line up whatever runs the loop; the stage's last step gets
-    neither (the experiment's stage_end evaluation and checkpoint follow)."""
+class StageSchedule:
+    """The schedule of one stage, as the trainer sees it (esft.core.trainer.StageCallbacks): after each step (or
+    optimizer step, for a trainer that runs its library's loop) the trainer calls `step_done`, and when
+    `checkpoint_due` says so it saves its own state and then calls `checkpoint`. So steps, metrics rows,
+    periodic evaluations and checkpoints line up whatever runs the loop; the stage's last step gets neither
+    (the experiment's stage_end evaluation and checkpoint follow)."""
 
     def __init__(self, experiment: "Experiment", stage: Stage) -> None:
         self.experiment, self.stage = experiment, stage
         self.steps = range(max(stage.first_step, experiment.start_step + 1), stage.last_step + 1)
         self.checkpoint_dir = experiment.run.checkpoints
 
+    def step_started(self, step: int) -> None:
+        self.experiment.run.set_status("running", step=step - 1, stage=self.stage.index)
+
     def step_done(self, step: int, metrics: dict[str, Any]) -> None:
         """Write the step's metrics row, show it, and score every task when `eval.every` divides the step."""
+        fault_point("step_done", step)
         exp = self.experiment
         metrics["wall_time"] = round(time.time() - exp.started, 3)
         exp.logger.log_metrics(metrics)  # metrics.jsonl + trackers (esft/tracking)
         exp.display.step(metrics)
         if step != self.stage.last_step and exp.every and step % exp.every == 0:
-            exp._evaluate(step, self.stage.index, "periodic")
+            exp.evaluate(step, self.stage.index, "periodic")
 
     def checkpoint_due(self, step: int) -> bool:
         every = self.experiment.checkpoint_every
@@ -101,15 +110,20 @@ class StageHooks:
 
     def checkpoint(self, step: int) -> None:
         self.experiment.run.set_status("running", step=step, stage=self.stage.index)
-        self.experiment._checkpoint(step, self.stage.index)
+        self.experiment.checkpoint(step, self.stage.index)
 
 
 class Experiment:
     """One run of a curriculum into one run dir."""
 
-    def __init__(self, cfg: DictConfig | dict, run_dir: Path | str) -> None:
+    def __init__(self, cfg: DictConfig | dict, run_dir: Path | str, role: RunRole = SINGLE,
+                 job: JobInfo | None = None) -> None:
+        """`role`: what this process does for the run (esft/run/role.py; torchrun ranks get theirs from
+        esft/distributed/roles.py). A role that does not write reads the run dir but never changes it.
+        `job`: the sweep group and run name the trackers use (None: a single run)."""
         self.cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-        self.run = RunDir(run_dir)
+        self.role, self.job = role, job
+        self.run = RunDir(run_dir) if role.writes else ReadOnlyRunDir(run_dir)
         self.method = str((self.cfg.get("method") or {}).get("name", "es"))
         self.every = int(self.cfg.get("eval", {}).get("every", 25) or 0)
         self.checkpoint_every = int(self.cfg.get("checkpoint", {}).get("every", 50) or 0)
@@ -120,7 +134,7 @@ class Experiment:
         self.settings = RunSettings.from_config(self.cfg)  # every value checked once (esft/run/settings.py)
         self.stages: list[Stage] = build_stages(self.cfg)
         self.tasks, self.roles = build_eval_tasks(self.cfg, self.stages)
-        self.policy = Policy.from_config(self.cfg["model"], policy_cfg=self.cfg.get("policy"))
+        self.policy = load_policy(self.cfg["model"], policy_cfg=self.cfg.get("policy"))
         if self.settings.es is not None:  # a hub model's size is known only now: can its population fit?
             check_population_memory(self.settings.es, self.policy.model.num_parameters(), str(self.policy.device))
         eval_cfg = self.cfg.get("eval", {})
@@ -128,14 +142,16 @@ class Experiment:
                                    eval_cfg.get("size"), str(eval_cfg.get("scoring", "generate")),
                                    str(eval_cfg.get("loglik_metric", "acc_norm")),
                                    int(eval_cfg.get("loglik_batch_size", 64)))
-        self.trainer = build_trainer(self.method, self.policy, self.cfg,
-                                     lambda row: self.writers[REPLAY_FILE].write(row))
+        self.trainer: Trainer = build_trainer(self.method, self.policy, self.cfg,
+                                              lambda row: self.writers[REPLAY_FILE].write(row))
+        self.role.prepare(self.trainer, self.method)
         self.off_task_kl = build_off_task_kl(self.policy, self.cfg, self.tasks, self.roles, self.trainer)
         self.start_step = self._resume()  # repairs the logs before they are reopened for appending
         self.writers = {name: self.run.writer(name) for name in _LOGS}
-        self.logger = open_loggers(self.cfg, self.run, JsonlLogger(self.writers), getattr(self, "job", None),
-                                   main_process=distributed.is_main())
-        self._write_run_info()
+        self.logger = open_loggers(self.cfg, self.run, JsonlLogger(self.writers), self.job,
+                                   main_process=self.role.writes)
+        if self.role.writes:
+            self._write_run_info()
 
     def _write_run_info(self) -> None:
         write_json_atomic(self.run.path(RUN_INFO_FILE), {
@@ -154,7 +170,6 @@ class Experiment:
         were broken ones. Torchrun followers make the same choice read-only (rank 0 alone repairs).
         """
         info_path = self.run.path(RUN_INFO_FILE)
-        owner = distributed.is_main()
         if checkpoint_dirs(self.run.checkpoints) and info_path.exists():
             try:
                 fingerprint = read_json(info_path).get("config_fingerprint")
@@ -163,8 +178,8 @@ class Experiment:
             if fingerprint is not None and fingerprint != config_fingerprint(self.cfg):
                 raise EsftError(f"run dir {self.run.root} was made by a different config; "
                                 "resume with the same overrides or choose a new hydra.run.dir")
-        found = find_resumable(self.run.checkpoints, getattr(self.trainer, "num_parameters", None),
-                               repair=owner, warn=log.warning)
+        found = find_resumable(self.run.checkpoints, self.trainer.num_parameters,
+                               repair=self.role.writes, warn=log.warning)
         if found is None:
             self.resumed_from = 0
             self._repair_logs(keep=lambda row: False)  # killed before its first checkpoint: start over cleanly
@@ -184,7 +199,9 @@ class Experiment:
 
     def _repair_logs(self, keep) -> None:
         """Drop log rows that `keep` rejects (rows after the resumed checkpoint) and unusable lines, nothing
-        else; torchrun followers skip it."""
+        else; torchrun followers leave that to the leader."""
+        if not self.role.writes:
+            return
         for index, name in enumerate(_LOGS):
             repair_jsonl(self.run.path(name), keep=keep, warn=log.warning)
             if index == 0:
@@ -194,8 +211,10 @@ class Experiment:
     def train(self) -> None:
         total = self.stages[-1].last_step
         log_every = int(self.cfg.get("progress", {}).get("log_every", 10))
-        with RunDisplay(total, len(self.stages), log_every) as display:
-            self.display = display
+        with contextlib.ExitStack() as stack:
+            if not self.role.writes:  # a torchrun follower shows no second progress bar
+                stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
+            self.display = stack.enter_context(RunDisplay(total, len(self.stages), log_every))
             for stage in self.stages:
                 if stage.last_step <= self.start_step and stage.steps > 0:
                     continue
@@ -205,22 +224,16 @@ class Experiment:
         self.trainer.set_stage(stage.index, stage.task)
         self.display.stage(stage.index, stage.task.name, max(self.start_step, stage.first_step - 1))
         if self.start_step < stage.first_step:
-            self._evaluate(stage.first_step - 1, stage.index, "stage_start")
-        hooks = StageHooks(self, stage)
-        if hasattr(self.trainer, "run_stage"):  # a trainer with its own loop (TRL's GRPO) calls back into the schedule
-            self.trainer.run_stage(stage, hooks)
-        else:
-            for step in hooks.steps:
-                self.run.set_status("running", step=step - 1, stage=stage.index)
-                metrics = self.trainer.step(step)
-                fault_point("step_done", step)
-                hooks.step_done(step, metrics)
-                if hooks.checkpoint_due(step):
-                    hooks.checkpoint(step)
-        self._evaluate(stage.last_step, stage.index, "stage_end")
-        self._checkpoint(stage.last_step, stage.index)
+            self.evaluate(stage.first_step - 1, stage.index, "stage_start")
+        self.trainer.run_stage(stage, StageSchedule(self, stage))
+        self.evaluate(stage.last_step, stage.index, "stage_end")
+        self.checkpoint(stage.last_step, stage.index)
 
-    def _evaluate(self, step: int, stage: int, event: str) -> None:
+    def evaluate(self, step: int, stage: int, event: str) -> None:
+        """Score every task and write evals.jsonl and diagnostics.jsonl rows (not on a torchrun follower:
+        scoring does not change the weights, and the leader writes the scores)."""
+        if not self.role.writes:
+            return
         rows = self.evaluator.evaluate()
         self.logger.log_evals([{"step": step, "stage": stage, "stage_task": self.stages[stage].task.name,
                                 "event": event, **row} for row in rows])
@@ -231,13 +244,19 @@ class Experiment:
         self.logger.log_diagnostics({"step": step, "stage": stage, "event": event, **diagnostics})
         self.display.evals(step, event, rows)
 
-    def _checkpoint(self, step: int, stage: int) -> None:
+    def checkpoint(self, step: int, stage: int) -> None:
+        """Save the trainer's state as the checkpoint of `step` (the leader alone writes checkpoints)."""
+        if not self.role.writes:
+            return
         save_checkpoint(self.run.checkpoints, step, self.trainer.state_dict(),
                         {"stage": stage, "method": self.method}, keep=self.keep)
 
     # -- finish ----------------------------------------------------------------------------------------
     def finish(self) -> None:
+        self.role.verify(self.trainer)
         self.trainer.finalize()
+        if not self.role.writes:
+            return
         target = self.run.path(FINAL_MODEL_DIR)
         self.policy.model.save_pretrained(target, safe_serialization=True)
         self.policy.tokenizer.save_pretrained(target)
@@ -263,7 +282,7 @@ class Experiment:
         """Hold `run.lock` for the whole run, so a second `esft train` on this dir refuses instead of
         interleaving its rows with ours. flock dies with its process, so a kill -9 never leaves it stale.
         Torchrun followers take no lock: rank 0 holds it for all of them."""
-        if not distributed.is_main():
+        if not self.role.writes:
             return None
         lock = FileLock(self.run.path(LOCK_FILE))
         try:

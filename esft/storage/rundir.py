@@ -237,3 +237,26 @@ def write_rows(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     with open(path, "w") as handle:
         for row in rows:
             handle.write(dumps(row) + "\n")
+
+
+class _NullWriter(JsonlWriter):
+    """A writer that keeps nothing: a torchrun follower's rows are the leader's rows."""
+
+    def __init__(self) -> None:  # no file
+        pass
+
+    def write(self, row: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class ReadOnlyRunDir(RunDir):
+    """The run dir as a torchrun follower sees it: readable (status, checkpoints), never written."""
+
+    def writer(self, name: str) -> JsonlWriter:
+        return _NullWriter()
+
+    def set_status(self, state: str, **fields: Any) -> None:
+        pass

@@ -25,6 +25,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from esft.core.prompts import Prompt
+
 #: a 1024-token completion is a few thousand characters; anything far longer is hostile and scores 0
 MAX_COMPLETION_CHARS = 100_000
 
@@ -38,17 +40,6 @@ class Example:
     prompt: str
     answer: str
     meta: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Prompt:
-    """What the policy continues: the user text, plus the paper's optional system message and the start of the
-    assistant's reply (e.g. countdown's "Let me solve this step by step.\n<think>"). The policy renders it with
-    the chat template when there is one, else as plain text + prefix."""
-
-    text: str
-    system: str | None = None
-    response_prefix: str = ""
 
 
 class Task(ABC):

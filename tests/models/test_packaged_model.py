@@ -122,12 +122,12 @@ def smollm_cache(tmp_path_factory) -> Path:
 @pytest.mark.slow
 @needs_smollm
 def test_real_gguf_converts_into_a_loadable_cache(smollm_cache):
-    from esft.policy import Policy
+    from esft.models.loading import load_policy
 
     lines: list[str] = []
     cfg = {"name": NAME, "source": "gguf", "gguf": REAL, "cache_dir": str(smollm_cache), "device": "cpu"}
     started = time.perf_counter()
-    policy = Policy.from_config(cfg, lines.append)
+    policy = load_policy(cfg, lines.append)
     print(f"\nSmolLM2 loaded from the conversion cache in {time.perf_counter() - started:.1f} s")
     assert any("from cache" in line for line in lines)
     directory = Path(json.loads(next(smollm_cache.glob("packaged/*/packaged.json")).read_text())["gguf"]).parent

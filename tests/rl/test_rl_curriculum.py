@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from esft.resources import conf_dir
-from esft.run.experiment import Experiment, StageHooks
+from esft.run.experiment import Experiment, StageSchedule
 from esft.storage.rundir import read_jsonl
 from tests.conftest import micro_policy
 
@@ -79,18 +79,18 @@ def test_grpo_resumes_a_killed_run_through_trl_checkpoints(model_dir, tmp_path, 
     Experiment(cfg, straight).run_all()
 
     killed = tmp_path / "killed"
-    original = StageHooks.step_done
+    original = StageSchedule.step_done
 
     def die_at_step_6(self, step, metrics):
         if step == 6:
             raise KeyboardInterrupt
         original(self, step, metrics)
 
-    monkeypatch.setattr(StageHooks, "step_done", die_at_step_6)
+    monkeypatch.setattr(StageSchedule, "step_done", die_at_step_6)
     with pytest.raises(KeyboardInterrupt):
         Experiment(cfg, killed).run_all()
     assert (killed / "checkpoints" / "grpo" / "stage_1" / "checkpoint-1").is_dir()  # global step 4 = stage-local 1
-    monkeypatch.setattr(StageHooks, "step_done", original)
+    monkeypatch.setattr(StageSchedule, "step_done", original)
     Experiment(cfg, killed).run_all()
     check_run_dir(killed)
     rows = {name: read_jsonl(tmp_path / name / "metrics.jsonl") for name in ("straight", "killed")}

@@ -23,7 +23,7 @@ NO_AWD = {"kind": "l2", "lambda": 0.0, "anchor": "start"}
 
 
 class Hooks:
-    """The experiment's StageHooks, recording instead of writing a run dir."""
+    """The experiment's StageSchedule, recording instead of writing a run dir."""
 
     def __init__(self, stage: Stage, root: Path, start: int | None = None, checkpoint_every: int = 0) -> None:
         self.stage, self.every = stage, checkpoint_every
@@ -31,6 +31,9 @@ class Hooks:
         self.checkpoint_dir = root / "checkpoints"
         self.rows: list[dict] = []
         self.checkpoints: list[int] = []
+
+    def step_started(self, step: int) -> None:
+        pass
 
     def step_done(self, step: int, metrics: dict) -> None:
         self.rows.append(metrics)
