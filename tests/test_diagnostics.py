@@ -9,7 +9,8 @@ from esft.evaluation.off_task_kl import OffTaskKL
 
 
 def _trainer(policy):
-    es = {"population_size": 2, "sigma": 0.1, "alpha": 0.1, "antithetic": True}
+    es = {"population_size": 2, "sigma": 0.1, "alpha": 0.1, "antithetic": True, "shaping": "zscore",
+          "evaluator": "inplace", "prompts_per_step": None, "cache_noise": "auto", "noise": "iid"}
     return ESTrainer(policy, es, {"kind": "l2", "lambda": 0.0, "anchor": "start"}, 0, lambda row: None)
 
 

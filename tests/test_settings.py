@@ -15,9 +15,11 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from esft.commands.preflight import check_train_args, sweep_points
+from esft.core.config import number
 from esft.errors import EsftError
+from esft.es.settings import ESSection
 from esft.resources import conf_dir
-from esft.run.settings import ESSection, RunSettings, check_population_memory, number
+from esft.run.settings import RunSettings, check_population_memory
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,13 @@ alpha * sqrt(D / (N (2c - c^2))) instead of growing like alpha * sqrt(T D / N).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 
+from esft.core.config import choice, need, number
 from esft.errors import EsftError
 
 AWD_KINDS = ("l2", "l1")
@@ -51,3 +56,20 @@ def apply_awd(theta: torch.Tensor, anchor: torch.Tensor, kind: str, strength: fl
     else:
         raise EsftError(f"unknown awd.kind '{kind}'")
     theta.add_(anchor)
+
+
+@dataclass(frozen=True)
+class AWDSection:
+    """awd.*: Anchored Weight Decay (Schweighofer et al. 2026); c = alpha * lambda per step."""
+
+    kind: str
+    lam: float
+    anchor: str
+
+    @classmethod
+    def from_config(cls, awd: Mapping[str, Any], alpha: float, alpha_key: str = "es.alpha") -> "AWDSection":
+        kind = choice(need(awd, "kind", "awd"), "awd.kind", AWD_KINDS)
+        lam = number(need(awd, "lambda", "awd"), "awd.lambda", low=0)
+        anchor = str(need(awd, "anchor", "awd"))
+        validate_awd(kind, lam, alpha, anchor)  # the contraction rule (alpha*lambda < 1 for L2) lives there
+        return cls(kind, lam, anchor)

@@ -22,7 +22,7 @@ Hugging Face's early stop once every sequence has finished).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Union
 
@@ -237,19 +237,21 @@ class LowRankEvaluator:
 EVALUATORS = {"inplace": InplaceEvaluator, "lowrank": LowRankEvaluator}
 
 
-def build_noise(es_cfg: Mapping[str, Any], params: FlatParams) -> Noise:
+def build_noise(evaluator: str, noise: str, params: FlatParams, rank: int | None = None,
+                freeze_nonmatrix: bool | None = None) -> Noise:
     """The noise definition follows the evaluator: low-rank for `lowrank` (factors from torch's host sampler,
-    or Philox on the weights' device with es.noise=philox), else es.noise (iid | correlated | philox | auto,
-    resolved for the weights' device by resolve_noise_mode)."""
-    setting = str(es_cfg.get("noise", "iid"))
-    if setting not in NOISE_SETTINGS:
-        raise EsftError(f"es.noise must be one of {', '.join(NOISE_SETTINGS)} (got {setting!r})")
-    mode = resolve_noise_mode(setting, params.device)
-    if str(es_cfg.get("evaluator", "inplace")) == "lowrank":
+    or Philox on the weights' device with es.noise=philox; es.rank and es.freeze_nonmatrix, which conf/ always
+    declares), else es.noise (iid | correlated | philox | auto, resolved for the weights' device by
+    resolve_noise_mode)."""
+    if noise not in NOISE_SETTINGS:
+        raise EsftError(f"es.noise must be one of {', '.join(NOISE_SETTINGS)} (got {noise!r})")
+    mode = resolve_noise_mode(noise, params.device)
+    if evaluator == "lowrank":
         if mode not in ("iid", "philox"):
             raise EsftError("es.evaluator=lowrank draws its own low-rank noise; es.noise may be iid, philox or auto")
-        return LowRankNoise(params.shapes, es_cfg.get("rank", 1), bool(es_cfg.get("freeze_nonmatrix", False)),
-                            factors=mode, device=params.device)
+        if rank is None or freeze_nonmatrix is None:
+            raise EsftError("es.evaluator=lowrank needs es.rank and es.freeze_nonmatrix (see conf/train.yaml)")
+        return LowRankNoise(params.shapes, rank, freeze_nonmatrix, factors=mode, device=params.device)
     return NoiseGenerator(params.sizes, params.shapes, mode)
 
 

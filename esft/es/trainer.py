@@ -16,12 +16,13 @@ from typing import Any
 import torch
 
 from esft.core.accounting import peak_memory, reset_peak_memory
-from esft.core.awd import validate_awd
+from esft.core.awd import AWDSection
 from esft.core.sampling import sample_indices
 from esft.core.trainer import StepTrainer
 from esft.es.params import FlatParams
 from esft.es.population import StepFitness, build_evaluator, build_noise, resolve_cache_noise
-from esft.es.strategy import ESSettings, ask, tell
+from esft.es.settings import ESSection
+from esft.es.strategy import ask, tell
 from esft.es.update import apply_step
 from esft.policy import Policy
 from esft.tasks.base import Task
@@ -32,23 +33,22 @@ class ESTrainer(StepTrainer):
 
     name = "es"
 
-    def __init__(self, policy: Policy, es_cfg: Mapping[str, Any], awd_cfg: Mapping[str, Any], seed: int,
-                 replay_log: Callable[[dict], None], batch_size: int = 256) -> None:
-        self.settings = ESSettings(int(es_cfg["population_size"]), float(es_cfg["sigma"]), float(es_cfg["alpha"]),
-                                   bool(es_cfg["antithetic"]), str(es_cfg.get("shaping", "zscore")))
-        self.settings.validate()
-        self.awd_kind, self.awd_lambda = str(awd_cfg["kind"]), float(awd_cfg["lambda"])
-        self.awd_anchor = str(awd_cfg.get("anchor", "start"))
-        validate_awd(self.awd_kind, self.awd_lambda, self.settings.alpha, self.awd_anchor)
+    def __init__(self, policy: Policy, es: ESSection | Mapping[str, Any], awd: AWDSection | Mapping[str, Any],
+                 seed: int, replay_log: Callable[[dict], None], batch_size: int = 256) -> None:
+        """`es`, `awd`: the run's checked sections (RunSettings builds them once); a plain mapping (scripts,
+        tests) is checked here the same way."""
+        es = es if isinstance(es, ESSection) else ESSection.from_config(es)
+        awd = awd if isinstance(awd, AWDSection) else AWDSection.from_config(awd, es.alpha)
+        self.settings = es.strategy()
+        self.awd_kind, self.awd_lambda, self.awd_anchor = awd.kind, awd.lam, awd.anchor
         self.policy = policy
-        evaluator = str(es_cfg.get("evaluator", "inplace"))
-        self.params = FlatParams(policy.model, share_master=evaluator == "lowrank")
+        self.params = FlatParams(policy.model, share_master=es.evaluator == "lowrank")
         policy.watch(self.params)  # policy.backend=vllm: the engine follows every load/perturb/restore
-        self.noise = build_noise(es_cfg, self.params)  # low-rank for es.evaluator=lowrank, else es.noise
-        self.cache_noise = resolve_cache_noise(es_cfg.get("cache_noise", "auto"), evaluator,
-                                               self.settings.num_draws, self.params.numel)
-        self.population = build_evaluator(evaluator, self.params, self.noise, self.settings, self.cache_noise)
-        self.prompts_per_step = es_cfg.get("prompts_per_step")
+        self.noise = build_noise(es.evaluator, es.noise, self.params, es.rank, es.freeze_nonmatrix)
+        self.cache_noise = resolve_cache_noise(es.cache_noise, es.evaluator, self.settings.num_draws,
+                                               self.params.numel)
+        self.population = build_evaluator(es.evaluator, self.params, self.noise, self.settings, self.cache_noise)
+        self.prompts_per_step = es.prompts_per_step
         self.seed = int(seed)
         self.replay_log = replay_log
         self.batch_size = batch_size

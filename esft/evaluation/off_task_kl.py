@@ -16,6 +16,7 @@ from typing import Any, ContextManager
 import torch
 import torch.nn.functional as F
 
+from esft.evaluation.settings import KLSection
 from esft.policy import Policy
 from esft.tasks.base import Task
 
@@ -83,13 +84,11 @@ class OffTaskKL:
         return result
 
 
-def build_off_task_kl(policy: Policy, cfg: Mapping[str, Any], tasks: Mapping[str, Task],
-                      roles: Mapping[str, str], trainer: Any) -> OffTaskKL | None:
-    """The KL diagnostic if `eval.kl.enabled` and the trainer can load its reference weights."""
-    kl_cfg = (cfg.get("eval") or {}).get("kl") or {}
-    if not kl_cfg.get("enabled", False):
+def build_off_task_kl(policy: Policy, kl: KLSection, tasks: Mapping[str, Task],
+                      roles: Mapping[str, str]) -> OffTaskKL | None:
+    """The KL diagnostic when `eval.kl.enabled`, on `eval.kl.tasks` (default: the eval-only tasks)."""
+    if not kl.enabled:
         return None
-    names = kl_cfg.get("tasks") or [n for n, role in roles.items() if role == "eval_only"]
+    names = kl.tasks or [n for n, role in roles.items() if role == "eval_only"]
     chosen = {n: tasks[n] for n in names if n in tasks}
-    return OffTaskKL(policy, chosen, int(kl_cfg.get("samples", 50)), int(kl_cfg.get("max_new_tokens", 64)),
-                     int(kl_cfg.get("batch_size", 16))) if chosen else None
+    return OffTaskKL(policy, chosen, kl.samples, kl.max_new_tokens, kl.batch_size) if chosen else None

@@ -38,6 +38,7 @@ from transformers import TrainerCallback
 
 from esft.core.accounting import StepTokens, TokenMeter
 from esft.core.anchor import Anchor
+from esft.core.awd import AWDSection
 from esft.errors import EsftError
 from esft.policy import Policy, tokens_through_stop
 from esft.rl.common import AnchoredTrainerMixin, rollout_metrics
@@ -109,12 +110,13 @@ class GRPOTrainer(AnchoredTrainerMixin):
 
     name = "grpo"
 
-    def __init__(self, policy: Policy, method_cfg: Mapping[str, Any], awd_cfg: Mapping[str, Any], seed: int,
-                 keep: int = 2) -> None:
+    def __init__(self, policy: Policy, method_cfg: Mapping[str, Any], awd_cfg: AWDSection | Mapping[str, Any],
+                 seed: int, keep: int = 2) -> None:
         require_trl()
         self.policy, self.cfg, self.seed, self.keep = policy, dict(method_cfg), int(seed), int(keep)
-        self.awd_kind, self.awd_lambda = str(awd_cfg["kind"]), float(awd_cfg["lambda"])
-        self.awd_anchor = str(awd_cfg.get("anchor", "start"))
+        awd = awd_cfg if isinstance(awd_cfg, AWDSection) else \
+            AWDSection.from_config(awd_cfg, float(method_cfg["learning_rate"]), "method.learning_rate")
+        self.awd_kind, self.awd_lambda, self.awd_anchor = awd.kind, awd.lam, awd.anchor
         self.anchor = Anchor(policy.model)
         self.meter = TokenMeter(policy.model)
         self.stage, self.task = -1, None

@@ -35,6 +35,7 @@ from torch import nn
 
 from esft.core.accounting import StepTokens, TokenMeter
 from esft.core.anchor import Anchor
+from esft.core.awd import AWDSection
 from esft.core.sampling import sample_indices
 from esft.core.trainer import StepTrainer
 from esft.policy import Policy
@@ -138,10 +139,12 @@ class PPOTrainer(AnchoredTrainerMixin, StepTrainer):
 
     name = "ppo"
 
-    def __init__(self, policy: Policy, method_cfg: Mapping[str, Any], awd_cfg: Mapping[str, Any], seed: int) -> None:
+    def __init__(self, policy: Policy, method_cfg: Mapping[str, Any], awd_cfg: AWDSection | Mapping[str, Any],
+                 seed: int) -> None:
         self.s = PPOSettings.from_config(method_cfg)
-        self.awd_kind, self.awd_lambda = str(awd_cfg["kind"]), float(awd_cfg["lambda"])
-        self.awd_anchor = str(awd_cfg.get("anchor", "start"))
+        awd = awd_cfg if isinstance(awd_cfg, AWDSection) else \
+            AWDSection.from_config(awd_cfg, float(method_cfg["learning_rate"]), "method.learning_rate")
+        self.awd_kind, self.awd_lambda, self.awd_anchor = awd.kind, awd.lam, awd.anchor
         self.policy, self.seed = policy, int(seed)
         model = policy.model
         self.anchor = Anchor(model)

@@ -75,7 +75,8 @@ def _position(row: dict[str, Any]) -> tuple[int, int]:
 
 def config_fingerprint(cfg: dict[str, Any]) -> str:
     stable = {k: v for k, v in cfg.items() if k not in _VOLATILE_KEYS}
-    stable.get("model", {}).pop("cache_dir", None)
+    if isinstance(stable.get("model"), dict):  # where the warm-up is cached is not what the run computes
+        stable["model"] = {k: v for k, v in stable["model"].items() if k != "cache_dir"}
     return hashlib.sha256(json.dumps(stable, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -124,28 +125,24 @@ class Experiment:
         self.cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
         self.role, self.job = role, job
         self.run = RunDir(run_dir) if role.writes else ReadOnlyRunDir(run_dir)
-        self.method = str((self.cfg.get("method") or {}).get("name", "es"))
-        self.every = int(self.cfg.get("eval", {}).get("every", 25) or 0)
-        self.checkpoint_every = int(self.cfg.get("checkpoint", {}).get("every", 50) or 0)
-        self.keep = int(self.cfg.get("checkpoint", {}).get("keep", 2) or 0)
 
     # -- setup -----------------------------------------------------------------------------------------
     def setup(self) -> None:
-        self.settings = RunSettings.from_config(self.cfg)  # every value checked once (esft/run/settings.py)
+        self.settings = settings = RunSettings.from_config(self.cfg)  # every value checked once, here
+        self.method = settings.method.name
+        self.every, self.checkpoint_every = settings.eval.every, settings.checkpoint.every
         self.stages: list[Stage] = build_stages(self.cfg)
         self.tasks, self.roles = build_eval_tasks(self.cfg, self.stages)
         self.policy = load_policy(self.cfg["model"], policy_cfg=self.cfg.get("policy"))
         if self.settings.es is not None:  # a hub model's size is known only now: can its population fit?
             check_population_memory(self.settings.es, self.policy.model.num_parameters(), str(self.policy.device))
-        eval_cfg = self.cfg.get("eval", {})
-        self.evaluator = Evaluator(self.policy, self.tasks, self.roles, int(eval_cfg.get("batch_size", 256)),
-                                   eval_cfg.get("size"), str(eval_cfg.get("scoring", "generate")),
-                                   str(eval_cfg.get("loglik_metric", "acc_norm")),
-                                   int(eval_cfg.get("loglik_batch_size", 64)))
-        self.trainer: Trainer = build_trainer(self.method, self.policy, self.cfg,
+        ev = settings.eval
+        self.evaluator = Evaluator(self.policy, self.tasks, self.roles, ev.batch_size, ev.size, ev.scoring,
+                                   ev.loglik_metric, ev.loglik_batch_size)
+        self.trainer: Trainer = build_trainer(self.settings, self.policy,
                                               lambda row: self.writers[REPLAY_FILE].write(row))
         self.role.prepare(self.trainer, self.method)
-        self.off_task_kl = build_off_task_kl(self.policy, self.cfg, self.tasks, self.roles, self.trainer)
+        self.off_task_kl = build_off_task_kl(self.policy, settings.eval.kl, self.tasks, self.roles)
         self.start_step = self._resume()  # repairs the logs before they are reopened for appending
         self.writers = {name: self.run.writer(name) for name in _LOGS}
         self.logger = open_loggers(self.cfg, self.run, JsonlLogger(self.writers), self.job,
@@ -159,7 +156,7 @@ class Experiment:
             "curriculum_tasks": [s.task.name for s in self.stages],
             "eval_tasks": [n for n, role in self.roles.items() if role == "eval_only"],
             "num_parameters": self.trainer.num_parameters, "method": self.method,
-            "seed": self.cfg.get("seed"), "config_fingerprint": config_fingerprint(self.cfg),
+            "seed": self.settings.seed, "config_fingerprint": config_fingerprint(self.cfg),
         })
 
     def _resume(self) -> int:
@@ -210,7 +207,7 @@ class Experiment:
     # -- train -----------------------------------------------------------------------------------------
     def train(self) -> None:
         total = self.stages[-1].last_step
-        log_every = int(self.cfg.get("progress", {}).get("log_every", 10))
+        log_every = self.settings.progress.log_every
         with contextlib.ExitStack() as stack:
             if not self.role.writes:  # a torchrun follower shows no second progress bar
                 stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
@@ -237,8 +234,7 @@ class Experiment:
         rows = self.evaluator.evaluate()
         self.logger.log_evals([{"step": step, "stage": stage, "stage_task": self.stages[stage].task.name,
                                 "event": event, **row} for row in rows])
-        eval_cfg = self.cfg.get("eval", {})
-        diagnostics = self.trainer.diagnostics(bool(eval_cfg.get("layer_distances", True)))
+        diagnostics = self.trainer.diagnostics(self.settings.eval.layer_distances)
         if self.off_task_kl is not None:
             diagnostics["kl_to_base"] = self.off_task_kl.measure(self.trainer.reference_weights)
         self.logger.log_diagnostics({"step": step, "stage": stage, "event": event, **diagnostics})
@@ -249,7 +245,7 @@ class Experiment:
         if not self.role.writes:
             return
         save_checkpoint(self.run.checkpoints, step, self.trainer.state_dict(),
-                        {"stage": stage, "method": self.method}, keep=self.keep)
+                        {"stage": stage, "method": self.method}, keep=self.settings.checkpoint.keep)
 
     # -- finish ----------------------------------------------------------------------------------------
     def finish(self) -> None:

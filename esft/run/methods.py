@@ -1,14 +1,17 @@
-"""Method name -> trainer. Trainers share one seam (set_stage, step, state_dict, load_state_dict,
-diagnostics, finalize, num_parameters); the experiment drives them and never looks inside. A trainer whose
-library owns the training loop (GRPO through TRL) offers `run_stage(stage, hooks)` instead of `step`."""
+"""Method name -> trainer. Every trainer implements the Trainer protocol (esft/core/trainer.py); the experiment
+drives it through that seam and never looks inside."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from esft.core.trainer import Trainer
 from esft.errors import EsftError
 from esft.policy import Policy
+
+if TYPE_CHECKING:
+    from esft.run.settings import RunSettings
 
 METHODS = ("es", "grpo", "ppo")
 
@@ -19,7 +22,8 @@ def validate_method_config(method: str, cfg: Mapping[str, Any]) -> None:
     The rules live in esft/run/settings.py (one place of validation, shared with `RunSettings.from_config`); this
     entry point checks only the method's own sections (es/awd or method/awd, and the rollout backend), so it
     also serves hand-built configs that hold nothing else."""
-    from esft.run.settings import MethodSection, PolicySection, check_backend, method_sections
+    from esft.models.settings import PolicySection
+    from esft.run.settings import MethodSection, check_backend, method_sections
 
     if method not in METHODS:
         raise EsftError(f"unknown method '{method}'; available methods: {', '.join(METHODS)}")
@@ -33,19 +37,20 @@ def validate_method_config(method: str, cfg: Mapping[str, Any]) -> None:
     check_backend(method, PolicySection.from_config(cfg.get("policy") or {}), es)
 
 
-def build_trainer(method: str, policy: Policy, cfg: Mapping[str, Any], replay_log: Callable[[dict], None]):
-    batch_size = int((cfg.get("eval") or {}).get("batch_size", 256))
+def build_trainer(settings: RunSettings, policy: Policy, replay_log: Callable[[dict], None]) -> Trainer:
+    """The trainer of `settings.method` on `policy`, from the run's checked settings (esft/run/settings.py);
+    `replay_log` receives the ES replay rows (es_updates.jsonl)."""
+    method = settings.method.name
     if method == "es":
         from esft.es.trainer import ESTrainer
 
-        return ESTrainer(policy, cfg["es"], cfg["awd"], int(cfg.get("seed", 0)), replay_log, batch_size)
+        return ESTrainer(policy, settings.es, settings.awd, settings.seed, replay_log, settings.eval.batch_size)
     if method == "grpo":
         from esft.rl.grpo import GRPOTrainer
 
-        keep = int((cfg.get("checkpoint") or {}).get("keep", 2) or 0)
-        return GRPOTrainer(policy, cfg["method"], cfg["awd"], int(cfg.get("seed", 0)), keep)
+        return GRPOTrainer(policy, settings.method.values, settings.awd, settings.seed, settings.checkpoint.keep)
     if method == "ppo":
         from esft.rl.ppo import PPOTrainer
 
-        return PPOTrainer(policy, cfg["method"], cfg["awd"], int(cfg.get("seed", 0)))
+        return PPOTrainer(policy, settings.method.values, settings.awd, settings.seed)
     raise EsftError(f"unknown method '{method}'; available methods: {', '.join(METHODS)}")

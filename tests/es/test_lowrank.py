@@ -118,7 +118,7 @@ def test_lowrank_evaluator_shares_master_and_scores_members_like_dense(digit_tas
     policy = micro_policy(3)
     params = FlatParams(policy.model, share_master=True)
     settings = ESSettings(4, SIGMA, 0.1, antithetic=True)
-    noise = build_noise({"evaluator": "lowrank", "rank": 1}, params)
+    noise = build_noise("lowrank", "iid", params, rank=1, freeze_nonmatrix=False)
     evaluator = LowRankEvaluator(params, noise, settings)
     weight = next(policy.model.parameters())
     assert weight.untyped_storage().data_ptr() == params.master.untyped_storage().data_ptr()
@@ -163,7 +163,7 @@ def test_training_replays_bit_for_bit_from_the_log_alone(digit_task, es, awd):
     if es["evaluator"] == "lowrank":
         assert rows[0]["noise"] == "lowrank" and rows[0]["rank"] == es["rank"]
         with pytest.raises(Exception, match="lowrank noise"):
-            replay(trainer.params.theta0, rows, build_noise({"evaluator": "inplace"}, trainer.params))
+            replay(trainer.params.theta0, rows, build_noise("inplace", "iid", trainer.params))
     else:
         assert rows[0]["noise"] == "iid"
 

@@ -71,7 +71,7 @@ def test_auto_resolves_per_device_and_settings_accept_it():
 
 
 def test_unknown_noise_is_a_user_error(digit_task):
-    with pytest.raises(EsftError, match="es.noise must be one of"):
+    with pytest.raises(EsftError, match="es.noise .gaussian.; use one of"):
         _trainer({**ES, "noise": "gaussian"}, [], digit_task)
 
 
