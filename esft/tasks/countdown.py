@@ -126,8 +126,8 @@ class Countdown(SplitTask):
             if self.data_dir is not None and not has_local_split(self.data_dir, "countdown", "countdown"):
                 raise EsftError(f"data_dir {self.data_dir} holds no countdown data: put countdown/train.parquet and "
                                 "countdown/test.parquet (the paper's verl export) or countdown/countdown.json "
-                                "(es-awd's items) under it (e.g. data_dir=../shared/data), or set data_dir=null for "
-                                "the hub")
+                                "(es-awd's items) under it (README: Getting the benchmark data), or set data_dir=null "
+                                "for the hub")
             whole = (read_local_split(Path(self.data_dir), "countdown", "countdown") if self.data_dir is not None
                      else load_split(HUB_ID, None, "train", "countdown", None, limit=PAPER_TRAIN + PAPER_TEST))
             part = whole[:PAPER_TRAIN] if split == "train" else whole[PAPER_TRAIN:PAPER_TRAIN + PAPER_TEST]
