@@ -1,4 +1,4 @@
-"""The Policy seam: one model + tokenizer, and the only two ways anything in esft runs it.
+"""The Policy seam: one model + tokenizer, and the only ways anything in esft runs it without training it.
 
 - `generate(prompts)`: batched greedy decoding with left padding and the KV cache (`model.generate`),
   completion-only decoding (the prompt is never part of what a reward sees; the reference HF path scored
@@ -7,8 +7,16 @@
   decoding would produce: the greedy completion equals the target iff the argmax at every answer position is
   the target token (and, when the budget allows more tokens, the next argmax is EOS). Used only where that is
   provably greedy decoding (`exact_match_is_greedy`: unique tokenization, one EOS id); elsewhere scorers generate.
+  It is `encode_exact_match` (tokenise and pad once) + `teacher_forced_match` (score, also n stacked members),
+  the split the ES step uses to encode its prompts once and score every member on them: one implementation.
 - `option_logprobs(prompts, options)`: log-likelihood scoring of multiple-choice options (lm-evaluation-harness's
   acc / acc_norm), one teacher-forced forward per batch of options.
+- `sample(prompts, ...)`: seeded ancestral sampling with the KV cache, the RL baselines' rollouts (`Rollout`).
+- `next_token_log_probs(rows)`: full next-token distributions over given token rows (the off-task KL).
+
+The token-level helpers other modules need to build their rows are public too: `encode` (a plain text),
+`encode_prompt` (a rendered, context-fitted prompt) and `left_pad`. Gradient training (PPO, GRPO) runs
+`policy.model` itself: that trains the weights, it does not score them.
 
 End of sequence is every id in the generation config plus the tokenizer's (`eos_ids`), and padding is on the left.
 
@@ -35,11 +43,48 @@ from esft.errors import EsftError
 
 log = logging.getLogger("esft")
 
+
 @dataclass
 class TokenCounts:
     forward: int = 0
     generated: int = 0
     truncated: int = 0  # prompts cut to fit the context
+
+
+@dataclass
+class ExactMatchBatch:
+    """Teacher-forced exact-match checks, tokenised and left-padded once (`Policy.encode_exact_match`).
+
+    Kept apart from the forward so that a caller scoring the same prompts under many weights (every member of
+    an ES population) encodes them once; `Policy.teacher_forced_match` scores it under the weights loaded now.
+    Row i is prompt_i + target_i; its last `lengths[i]` tokens are the target (0: cannot be produced in the
+    budget, scored wrong)."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    positions: torch.Tensor
+    lengths: torch.Tensor
+    keep: int  # logits kept per row: the longest target + 1
+
+    @property
+    def rows(self) -> int:
+        return int(self.ids.shape[0])
+
+
+@dataclass
+class Rollout:
+    """Sampled completions of a batch (`Policy.sample`): prompt ids (left-padded), completion ids (right-padded
+    after EOS or the stop string). The RL baselines train on these ids, so they are what the texts decode from."""
+
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    completion_ids: torch.Tensor
+    completion_mask: torch.Tensor  # 1 for sampled tokens up to and including EOS
+    texts: list[str]
+
+    @property
+    def generated(self) -> int:
+        return int(self.completion_mask.sum())
 
 
 def eos_ids(model: Any, tokenizer: Any) -> list[int]:
@@ -116,10 +161,11 @@ class Policy:
             self._token_cache.move_to_end(key)
         return list(cached)
 
-    def _encode(self, text: str) -> list[int]:
+    def encode(self, text: str) -> list[int]:
+        """Token ids of a plain text (an answer, a completion, an option): no specials, no template; memoised."""
         return self._tokens(("text", text), lambda: self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def _encode_prompt(self, text: str | Prompt, reserve: int = 0) -> list[int]:
+    def encode_prompt(self, text: str | Prompt, reserve: int = 0) -> list[int]:
         """Token ids of a rendered prompt, cut from the left to fit the context with `reserve` tokens to spare.
 
         A chat template already carries BOS; raw prompts get the tokenizer's own specials (e.g. Llama's BOS).
@@ -141,7 +187,9 @@ class Policy:
             ids = ids[-limit:]
         return ids
 
-    def _left_pad(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def left_pad(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids, attention mask) of token rows padded on the left to one width, on the model's device: every
+        forward here is left-padded, so the last column is each row's newest token."""
         width = max(len(r) for r in rows)
         pad = self.tokenizer.pad_token_id
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
@@ -151,6 +199,9 @@ class Policy:
                 ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
                 mask[i, width - len(row):] = 1
         return ids.to(self.device), mask.to(self.device)
+
+    #: the old private name, kept only while tests/test_vllm_backend.py's fake engine still calls it
+    _left_pad = left_pad
 
     # -- scoring ---------------------------------------------------------------------------------------
     @property
@@ -183,13 +234,13 @@ class Policy:
         wherever the pre-tokenizer splits at the boundary (a newline or the space before a word, as here).
         A prompt too long for the context is cut from the left, keeping room for its longest option."""
         delimiter = "" if self.use_chat_template else " "
-        continuations = [[self._encode(delimiter + option) for option in choices] for choices in options]
+        continuations = [[self.encode(delimiter + option) for option in choices] for choices in options]
         contexts = []
         for prompt, choices in zip(prompts, continuations):
             if not choices or not all(choices):
                 raise EsftError(f"an item needs non-empty options to be scored by log-likelihood "
                                 f"(prompt {str(prompt)[:60]!r})")
-            contexts.append(self._encode_prompt(prompt, reserve=max(len(c) for c in choices)))
+            contexts.append(self.encode_prompt(prompt, reserve=max(len(c) for c in choices)))
         results: list[list[float]] = []
         start = 0
         while start < len(contexts):
@@ -212,7 +263,7 @@ class Policy:
                                 ) -> list[list[float]]:
         """Two forwards: the contexts (keeping the KV cache and the last position's logits, which predict each
         option's first token), then every option over its context's cache rows."""
-        ids, mask = self._left_pad(contexts)
+        ids, mask = self.left_pad(contexts)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                          logits_to_keep=1)
@@ -244,45 +295,125 @@ class Policy:
     @torch.no_grad()
     def exact_match(self, prompts: Sequence[str | Prompt], answers: Sequence[str], max_new_tokens: int,
                     batch_size: int = 256) -> torch.Tensor:
-        """Bool per prompt: would greedy decoding (max_new_tokens) produce exactly `answer`? One forward."""
+        """Bool per prompt: would greedy decoding (max_new_tokens) produce exactly `answer`? One forward per
+        `batch_size` prompts, each batch padded to its own longest row."""
         results = []
         for start in range(0, len(prompts), batch_size):
-            rows, targets = [], []
-            for prompt, answer in zip(prompts[start:start + batch_size], answers[start:start + batch_size]):
-                row, target = self.exact_match_row(prompt, answer, max_new_tokens)
-                rows.append(row)
-                targets.append(target)
-            results.append(self._teacher_forced_match(rows, targets))
+            batch = self.encode_exact_match(prompts[start:start + batch_size], answers[start:start + batch_size],
+                                            max_new_tokens)
+            results.append(self.teacher_forced_match(batch))
         return torch.cat(results) if results else torch.zeros(0, dtype=torch.bool)
 
     def exact_match_row(self, prompt: str | Prompt, answer: str, max_new_tokens: int) -> tuple[list[int], list[int]]:
         """(prompt + target ids, target ids) of one teacher-forced exact-match check. The target is the
         answer, plus EOS when the budget allows more tokens (greedy must stop right there); empty when the
         answer cannot be produced within the budget (scored wrong)."""
-        target = self._encode(answer)
+        target = self.encode(answer)
         eos = self.tokenizer.eos_token_id
         if len(target) > max_new_tokens:
             target = []
         elif len(target) < max_new_tokens and eos is not None:
             target = target + [eos]
-        return self._encode_prompt(prompt, reserve=len(target)) + target, target
+        return self.encode_prompt(prompt, reserve=len(target)) + target, target
 
-    def _teacher_forced_match(self, rows: list[list[int]], targets: list[list[int]]) -> torch.Tensor:
-        ids, mask = self._left_pad(rows)
-        keep = max(len(t) for t in targets) + 1
+    def encode_exact_match(self, prompts: Sequence[str | Prompt], answers: Sequence[str],
+                           max_new_tokens: int) -> ExactMatchBatch:
+        """The exact-match checks of `prompts` (rows of `exact_match_row`), left-padded into one batch, ready for
+        `teacher_forced_match` under whatever weights the model holds then (it needs at least one prompt)."""
+        rows, lengths = [], []
+        for prompt, answer in zip(prompts, answers):
+            row, target = self.exact_match_row(prompt, answer, max_new_tokens)
+            rows.append(row)
+            lengths.append(len(target))
+        ids, mask = self.left_pad(rows)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        return ExactMatchBatch(ids, mask, positions, torch.tensor(lengths, device=ids.device),
+                               max(lengths, default=0) + 1)
+
+    @torch.no_grad()
+    def teacher_forced_match(self, batch: ExactMatchBatch, members: int = 1,
+                             rows_per_forward: int | None = None) -> torch.Tensor:
+        """Bool per (member, row), member-major, on the CPU: does greedy decoding produce each row's target?
+
+        `members` > 1 stacks that many copies of the batch into ONE forward: the lowrank ES evaluator's hooks
+        add each member's correction to its own block of rows, so a forward must hold whole members. A single
+        member's rows may be split into forwards of `rows_per_forward` (default: all in one); the slices keep
+        the batch's padding, so a row's logits do not depend on how the rows are split."""
+        if members == 1:
+            step = rows_per_forward or batch.rows
+            parts = [self._match_rows(batch, slice(s, s + step), 1) for s in range(0, batch.rows, step)]
+            return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.bool)
+        return self._match_rows(batch, slice(None), members)
+
+    def _match_rows(self, batch: ExactMatchBatch, rows: slice, members: int) -> torch.Tensor:
+        """One forward over `rows` of the batch, repeated for `members`: the argmax at each of a row's last
+        `lengths` positions must be the token there (vectorised: a stacked batch has members x rows rows)."""
+        ids, mask, positions = (t[rows].repeat(members, 1) for t in (batch.ids, batch.mask, batch.positions))
+        lengths = batch.lengths[rows].repeat(members)
         logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                            logits_to_keep=keep).logits
+                            logits_to_keep=batch.keep).logits
         self.counts.forward += int(mask.sum())
+        width = batch.keep - 1
         predicted = logits[:, :-1].argmax(-1)  # predictions for the last keep-1 tokens
-        actual = ids[:, -(keep - 1):] if keep > 1 else ids[:, :0]
-        matches = torch.zeros(len(rows), dtype=torch.bool)
-        for i, target in enumerate(targets):
-            if not target:
-                continue
-            n = len(target)
-            matches[i] = bool((predicted[i, -n:] == actual[i, -n:]).all())
-        return matches
+        actual = ids[:, ids.shape[1] - width:]
+        scored = torch.arange(width, device=ids.device) >= (width - lengths).unsqueeze(1)
+        return (((predicted == actual) | ~scored).all(-1) & (lengths > 0)).cpu()
+
+    @torch.no_grad()
+    def next_token_log_probs(self, rows: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Log-softmax (float32) over the vocabulary at every position of `rows` left-padded (`left_pad`): entry
+        [i, t] is the distribution of the token after column t of the padded batch. For comparisons of whole
+        distributions (the off-task KL); padded columns hold values too, so callers weight the positions they
+        mean. Not added to `counts`: a diagnostic's forwards are not the run's compute."""
+        ids, mask = self.left_pad(rows)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits.float()
+        return torch.log_softmax(logits, dim=-1)
+
+    # -- sampling --------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, prompts: Sequence[str | Prompt], max_new_tokens: int, temperature: float,
+               generator: torch.Generator, stop: Sequence[str] = ()) -> Rollout:
+        """Ancestral sampling at `temperature` (0: greedy) with the KV cache, drawing from `generator` (seeded
+        per step, so a resumed run samples what an uninterrupted one would; HF `generate` only uses the global
+        RNG). A row ends at EOS or at the token that completes one of `stop` (as vLLM's `stop` ends it): later
+        positions are padding and outside `completion_mask`, so a loss trains exactly the tokens whose text
+        (cut like `generate`'s) the reward scored. Prompts are not truncated to leave room for the completion."""
+        model, pad, eos = self.model, self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
+        ids, mask = self.left_pad([self.encode_prompt(p) for p in prompts])
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        done = torch.zeros(len(prompts), dtype=torch.bool, device=ids.device)
+        tokens: list[torch.Tensor] = []
+        full_mask, next_position = mask, positions[:, -1:] + 1
+        cache_name = self._cache_argument()
+        for t in range(max_new_tokens):
+            logits = out.logits[:, -1].float()
+            if temperature > 0:
+                probs = torch.softmax(logits / temperature, dim=-1)
+                token = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(ids.device)
+            else:
+                token = logits.argmax(-1)
+            token = torch.where(done, torch.full_like(token, pad), token)
+            tokens.append(token)
+            done = done | (token == eos)
+            if stop:
+                done = done | _ends_in_stop(self.tokenizer, tokens, done, stop)
+            if bool(done.all()) or t == max_new_tokens - 1:
+                break
+            full_mask = torch.cat([full_mask, (~done).long()[:, None]], dim=1)
+            cache = out.cache if cache_name == "cache" else out.past_key_values
+            out = model(input_ids=token[:, None], attention_mask=full_mask, position_ids=next_position,
+                        use_cache=True, **{cache_name: cache})
+            next_position = next_position + 1
+        completion = torch.stack(tokens, dim=1)
+        completion_mask = _completion_mask(completion, eos)
+        if stop:
+            completion, completion_mask = _cut_rows_at_stop(self.tokenizer, completion, completion_mask, stop, pad)
+        self.counts.generated += int(completion_mask.sum())
+        self.counts.forward += int(mask.sum()) + int(completion_mask[:, :-1].sum())
+        texts = [cut_at_stop(t, stop) for t in self.tokenizer.batch_decode(completion, skip_special_tokens=True)]
+        return Rollout(ids, mask, completion, completion_mask, texts)
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[str | Prompt], max_new_tokens: int, stop: Sequence[str] = (),
@@ -293,8 +424,8 @@ class Policy:
         completions: list[str] = []
         pad, eos = self.tokenizer.pad_token_id, self.eos_ids or None
         for start in range(0, len(prompts), batch_size):
-            rows = [self._encode_prompt(p, reserve=max_new_tokens) for p in prompts[start:start + batch_size]]
-            ids, mask = self._left_pad(rows)
+            rows = [self.encode_prompt(p, reserve=max_new_tokens) for p in prompts[start:start + batch_size]]
+            ids, mask = self.left_pad(rows)
             out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                                       do_sample=False, pad_token_id=pad, eos_token_id=eos,
                                       stop_strings=list(stop) or None, tokenizer=self.tokenizer if stop else None)
@@ -303,28 +434,27 @@ class Policy:
             self.counts.generated += generated
             self.counts.forward += int(mask.sum()) + generated
             for text in self.tokenizer.batch_decode(new, skip_special_tokens=True):
-                completions.append(_cut_at_stop(text, stop))
+                completions.append(cut_at_stop(text, stop))
         return completions
-
 
     def _generate_engine(self, prompts: Sequence[str | Prompt], max_new_tokens: int,
                          stop: Sequence[str]) -> list[str]:
         """The engine decodes; the Policy encodes and decodes, so both backends see identical token ids
         (template, truncation) and cut completions identically. The engine batches internally."""
-        rows = [self._encode_prompt(p, reserve=max_new_tokens) for p in prompts]
+        rows = [self.encode_prompt(p, reserve=max_new_tokens) for p in prompts]
         outputs = self.engine.generate(rows, max_new_tokens, stop)
         generated = sum(len(ids) for ids in outputs)
         self.counts.generated += generated
         self.counts.forward += sum(len(r) for r in rows) + generated
         texts = self.tokenizer.batch_decode(outputs, skip_special_tokens=True)
-        return [_cut_at_stop(text, stop) for text in texts]
+        return [cut_at_stop(text, stop) for text in texts]
 
 
 #: prompts and answers whose token ids a Policy keeps (a few MB for short prompts)
 TOKEN_CACHE_SIZE = 1 << 15
 
 
-def _cut_at_stop(text: str, stop: Sequence[str]) -> str:
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     """Truncate after the first stop string; the stop string is kept (format rewards check closing tags)."""
     cut = len(text)
     for marker in stop:
@@ -334,10 +464,44 @@ def _cut_at_stop(text: str, stop: Sequence[str]) -> str:
     return text[:cut]
 
 
+def _ends_in_stop(tokenizer: Any, tokens: list[torch.Tensor], done: torch.Tensor,
+                  stop: Sequence[str]) -> torch.Tensor:
+    """Rows still running whose newest token completes a stop string: a cheap check on the last few tokens
+    (a stop string of L characters ends within the last L + 2 tokens); `_cut_rows_at_stop` makes it exact."""
+    window = max(len(marker) for marker in stop) + 2
+    recent = torch.stack(tokens[-window:], dim=1).cpu()
+    ended = torch.zeros_like(done)
+    for row in (~done).nonzero().flatten().tolist():
+        text = tokenizer.decode(recent[row].tolist(), skip_special_tokens=True)
+        ended[row] = any(marker in text for marker in stop)
+    return ended
+
+
+def _cut_rows_at_stop(tokenizer: Any, completion: torch.Tensor, mask: torch.Tensor, stop: Sequence[str],
+                      pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad and unmask every token after the one that completes a row's first stop string."""
+    completion, mask = completion.clone(), mask.clone()
+    for row in range(completion.shape[0]):
+        length = int(mask[row].sum())
+        keep = tokens_through_stop(tokenizer, completion[row, :length].tolist(), stop)
+        completion[row, keep:] = pad
+        mask[row, keep:] = 0
+    return completion, mask
+
+
+def _completion_mask(completion: torch.Tensor, eos: int | None) -> torch.Tensor:
+    """1 up to and including the first EOS of each row, 0 after it."""
+    if eos is None:
+        return torch.ones_like(completion)
+    is_eos = (completion == eos).long()
+    after_eos = (is_eos.cumsum(1) - is_eos) > 0
+    return (~after_eos).long()
+
+
 def tokens_through_stop(tokenizer: Any, ids: Sequence[int], stop: Sequence[str]) -> int:
     """How many of the completion tokens `ids` to keep: all of them, or through the token that completes the
     first stop string. The RL baselines train on exactly these tokens, so that what the policy is rewarded
-    for (the text cut at the stop string, see _cut_at_stop) is what its gradient sees -- as when vLLM or
+    for (the text cut at the stop string, see cut_at_stop) is what its gradient sees -- as when vLLM or
     `generate(stop_strings=...)` ends the sequence there.
 
     Binary search on the decoded prefix: "some stop string occurs in decode(ids[:k])" is monotone in k.

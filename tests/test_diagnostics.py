@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from esft.es.trainer import ESTrainer
 from esft.evaluation.off_task_kl import OffTaskKL
@@ -25,3 +26,17 @@ def test_kl_is_zero_at_theta0_and_grows_when_weights_move(policy, digit_task):
     # the reference context restored the current weights afterwards
     for (_, param), (_, part) in zip(trainer.params.named, trainer.params.slices()):
         assert torch.equal(param.detach().reshape(-1), trainer.params.master[part])
+
+
+def test_next_token_log_probs_equal_the_forward_off_task_kl_ran_itself(policy):
+    """Policy.next_token_log_probs is the forward OffTaskKL._log_probs ran on the model before it moved into
+    the Policy: left-padded rows, positions counted from each row's first token, log-softmax in float32."""
+    rows = [policy.encode_prompt("12+34=") + policy.encode("46"), policy.encode_prompt("7-2=") + policy.encode("5")]
+    ids, mask = policy.left_pad(rows)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        logits = policy.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits.float()
+    before = policy.counts.forward
+    got = policy.next_token_log_probs(rows)
+    assert torch.equal(got, F.log_softmax(logits, dim=-1)) and got.dtype == torch.float32
+    assert not got.requires_grad and policy.counts.forward == before, "a diagnostic: no grad, not counted"

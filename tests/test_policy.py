@@ -7,7 +7,7 @@ import pytest
 from esft.core.prompts import Prompt
 from esft.errors import EsftError
 from esft.models.loading import load_policy
-from esft.policy import _cut_at_stop
+from esft.policy import cut_at_stop
 
 TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</{{ m['role'] }}>{% endfor %}"
             "{% if add_generation_prompt %}<assistant>{% endif %}")
@@ -26,8 +26,8 @@ def test_chat_template_renders_system_user_and_prefix(policy):
 
 
 def test_stop_strings_cut_after_the_marker():
-    assert _cut_at_stop("a</answer>tail", ["</answer>"]) == "a</answer>"
-    assert _cut_at_stop("no marker", ["</answer>"]) == "no marker"
+    assert cut_at_stop("a</answer>tail", ["</answer>"]) == "a</answer>"
+    assert cut_at_stop("no marker", ["</answer>"]) == "no marker"
 
 
 def test_generate_returns_completion_only(policy):
@@ -61,31 +61,51 @@ def test_unreachable_hub_id_is_a_clear_error(monkeypatch):
 def test_prompts_longer_than_the_context_are_cut_from_the_left(policy, caplog):
     context = policy.context_length  # 64 for the micro model
     long_prompt = "x" * (context + 40) + "12+34="
-    ids = policy._encode_prompt(long_prompt, reserve=3)
+    ids = policy.encode_prompt(long_prompt, reserve=3)
     assert len(ids) == context - 3 and policy.tokenizer.decode(ids).endswith("12+34=")
     assert policy.counts.truncated == 1 and "truncated" in caplog.text
     assert len(policy.generate([long_prompt], max_new_tokens=3)) == 1
     with pytest.raises(EsftError, match="cannot hold a prompt"):
-        policy._encode_prompt("12", reserve=context)
+        policy.encode_prompt("12", reserve=context)
 
 
 def test_tokenisation_is_memoised_without_changing_ids_or_truncation_counts(policy, monkeypatch):
     import esft.policy as policy_module
 
     prompt = Prompt("12+34=", system="be brief", response_prefix="A:")
-    first = policy._encode_prompt(prompt)
+    first = policy.encode_prompt(prompt)
     first.append(-1)  # callers may extend what they get: the memo hands out copies
-    assert policy._encode_prompt(prompt) == first[:-1]
+    assert policy.encode_prompt(prompt) == first[:-1]
     policy.tokenizer.chat_template = TEMPLATE
     policy.use_chat_template = True  # a different rendering is a different entry
-    templated = policy._encode_prompt(prompt)
+    templated = policy.encode_prompt(prompt)
     assert templated != first[:-1]
     assert templated == policy.tokenizer(policy.format_prompt(prompt), add_special_tokens=False)["input_ids"]
     long_prompt = "x" * (policy.context_length + 5)
     for _ in range(2):
-        policy._encode_prompt(long_prompt)
+        policy.encode_prompt(long_prompt)
     assert policy.counts.truncated == 2, "every truncation is counted, cached or not"
     monkeypatch.setattr(policy_module, "TOKEN_CACHE_SIZE", 3)
+    calls: list[str] = []
+    tokenizer = policy.tokenizer
+
+    class Counting:  # the tokenizer, recording what it is asked to tokenise
+        def __call__(self, text, **kwargs):
+            calls.append(text)
+            return tokenizer(text, **kwargs)
+
+    monkeypatch.setattr(policy, "tokenizer", Counting())
     for n in range(10):
-        policy._encode(str(n))
-    assert len(policy._token_cache) == 3
+        policy.encode(str(n))
+    calls.clear()
+    assert [policy.encode(str(n)) for n in (7, 8, 9)] == [tokenizer(str(n))["input_ids"] for n in (7, 8, 9)]
+    assert calls == [], "the 3 newest entries are kept"
+    policy.encode("0")
+    assert calls == ["0"], "older entries are evicted (LRU)"
+
+
+def test_left_pad_pads_on_the_left_with_a_mask(policy):
+    ids, mask = policy.left_pad([[5, 6, 7], [8], []])
+    pad = policy.tokenizer.pad_token_id
+    assert ids.tolist() == [[5, 6, 7], [pad, pad, 8], [pad, pad, pad]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1], [0, 0, 0]]

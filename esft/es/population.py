@@ -14,9 +14,10 @@ member-major in one batch (the lowrank hooks know which member each row block be
 noise draw to what the update needs (inplace: the flat eps; lowrank: the factors), or is empty.
 
 StepFitness prepares the step's prompts once (tokenised, padded) and reuses them for every member: the
-exact-answer shortcut (one teacher-forced forward, see Policy.exact_match) with the tokenisation and the
-per-row checks hoisted out of the member loop, or generation through Policy.generate (greedy, KV cache, and
-Hugging Face's early stop once every sequence has finished).
+exact-answer shortcut (one teacher-forced forward: Policy.encode_exact_match once per step, then
+Policy.teacher_forced_match per member or stack of members -- the same code Policy.exact_match runs), or
+generation through Policy.generate (greedy, KV cache, and Hugging Face's early stop once every sequence has
+finished).
 """
 
 from __future__ import annotations
@@ -34,54 +35,11 @@ from esft.es.lowrank import LowRankNoise, perturb_members
 from esft.es.noise import NOISE_SETTINGS, DrawRef, NoiseGenerator, resolve_noise_mode
 from esft.es.params import FlatParams
 from esft.es.strategy import ESSettings
-from esft.policy import Policy
+from esft.policy import ExactMatchBatch, Policy
 from esft.tasks.base import Example, Task
 
 Noise = Union[NoiseGenerator, LowRankNoise]
 log = logging.getLogger("esft")
-
-
-class _PreparedExactMatch:
-    """Policy.exact_match with the step's rows encoded once; `matches(n)` scores n stacked copies at once.
-
-    Its rows are Policy.exact_match_row's, so it scores what Policy.exact_match scores (checked equal to it and
-    to real generation in tests/test_exact_match.py); the per-row Python loop is vectorised because the
-    stacked batch has N x M rows.
-    """
-
-    def __init__(self, policy: Policy, task: Task, examples: Sequence[Example]) -> None:
-        rows, lengths = [], []
-        for example in examples:
-            row, target = policy.exact_match_row(task.prompt(example), example.answer, task.max_new_tokens)
-            rows.append(row)
-            lengths.append(len(target))
-        self.policy = policy
-        self.ids, self.mask = policy._left_pad(rows)
-        self.positions = (self.mask.cumsum(-1) - 1).clamp(min=0)
-        self.lengths = torch.tensor(lengths, device=self.ids.device)
-        self.keep = max(lengths, default=0) + 1
-
-    @torch.no_grad()
-    def matches(self, members: int, rows_per_forward: int) -> torch.Tensor:
-        """Bool per (member, prompt), member-major. Several members always share ONE forward (the lowrank
-        hooks need whole members per batch); a single member's rows are split by `rows_per_forward`."""
-        if members == 1:
-            parts = [self._forward(slice(s, s + rows_per_forward), 1)
-                     for s in range(0, self.ids.shape[0], rows_per_forward)]
-            return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.bool)
-        return self._forward(slice(None), members)
-
-    def _forward(self, rows: slice, members: int) -> torch.Tensor:
-        ids, mask, positions = (t[rows].repeat(members, 1) for t in (self.ids, self.mask, self.positions))
-        lengths = self.lengths[rows].repeat(members)
-        logits = self.policy.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                                   logits_to_keep=self.keep).logits
-        self.policy.counts.forward += int(mask.sum())
-        width = self.keep - 1
-        predicted = logits[:, :-1].argmax(-1)
-        actual = ids[:, ids.shape[1] - width:]
-        scored = torch.arange(width, device=ids.device) >= (width - lengths).unsqueeze(1)
-        return (((predicted == actual) | ~scored).all(-1) & (lengths > 0)).cpu()
 
 
 class StepFitness:
@@ -90,9 +48,12 @@ class StepFitness:
     def __init__(self, policy: Policy, task: Task, examples: Sequence[Example], batch_size: int = 256) -> None:
         self.policy, self.task, self.examples = policy, task, list(examples)
         self.batch_size = batch_size
-        self._exact = (_PreparedExactMatch(policy, task, self.examples)
-                       if task.exact_answer and policy.exact_match_is_greedy else None)
         self._prompts = [task.prompt(e) for e in self.examples]
+        # encoded once per step, scored once per member (or stack of members)
+        self._exact: ExactMatchBatch | None = None
+        if task.exact_answer and policy.exact_match_is_greedy:
+            self._exact = policy.encode_exact_match(self._prompts, [e.answer for e in self.examples],
+                                                    task.max_new_tokens)
 
     @property
     def members_per_call(self) -> int:
@@ -105,7 +66,8 @@ class StepFitness:
     def batched(self, members: int) -> list[float]:
         """Mean reward of each of `members` stacked copies (all in one forward / one generate call)."""
         if self._exact is not None:
-            rewards = self._exact.matches(members, self.batch_size).numpy().astype(np.float64)
+            matches = self.policy.teacher_forced_match(self._exact, members, rows_per_forward=self.batch_size)
+            rewards = matches.numpy().astype(np.float64)
         else:
             completions = self.policy.generate(self._prompts * members, self.task.max_new_tokens, self.task.stop,
                                                batch_size=len(self._prompts) * members)

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any, ContextManager
 
 import torch
-import torch.nn.functional as F
 
 from esft.evaluation.settings import KLSection
 from esft.policy import Policy
@@ -46,23 +45,22 @@ class OffTaskKL:
             completions = self.policy.generate(prompts, budget, (), self.batch_size)
             rows = []
             for prompt, completion in zip(prompts, completions):
-                head = self.policy._encode_prompt(prompt)
-                tail = self.policy._encode(completion)
+                head = self.policy.encode_prompt(prompt)
+                tail = self.policy.encode(completion)
                 if tail:
                     rows.append(_Sample(head + tail, len(head)))
             self._data[name] = rows
 
-    @torch.no_grad()
     def _log_probs(self, batch: Sequence[_Sample]) -> tuple[torch.Tensor, torch.Tensor]:
-        ids, mask = self.policy._left_pad([s.ids for s in batch])
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = self.policy.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits.float()
-        width = ids.shape[1]
-        weight = torch.zeros_like(mask, dtype=torch.float32)
+        """Next-token log-probs of the batch (left-padded by the Policy) and the weight of each position: 1
+        where it predicts a continuation token, the only tokens the KL averages over."""
+        log_probs = self.policy.next_token_log_probs([s.ids for s in batch])
+        width = log_probs.shape[1]
+        weight = torch.zeros(log_probs.shape[:2], dtype=torch.float32, device=log_probs.device)
         for i, sample in enumerate(batch):  # positions that predict a continuation token
             start = width - len(sample.ids) + sample.first_continuation - 1
             weight[i, start:width - 1] = 1.0
-        return F.log_softmax(logits, dim=-1), weight
+        return log_probs, weight
 
     def measure(self, reference_weights: Callable[[], ContextManager[Any]]) -> dict[str, float]:
         """KL per task; `reference_weights()` is a context manager that loads theta0 into the model."""

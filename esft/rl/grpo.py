@@ -75,9 +75,9 @@ class _RewardRecorder:
     def __call__(self, prompts: list[Any], completions: list[Any], completion_ids: list[list[int]] | None = None,
                  **kwargs: Any) -> list[float]:
         if self.stop:  # the reward sees what Policy.generate would return: cut after the first stop string
-            from esft.policy import _cut_at_stop
+            from esft.policy import cut_at_stop
 
-            completions = [_cut_at_stop(c, self.stop) if isinstance(c, str) else c for c in completions]
+            completions = [cut_at_stop(c, self.stop) if isinstance(c, str) else c for c in completions]
         rewards = self.reward_fn(prompts, completions, **kwargs)
         self.rewards.extend(rewards)
         self.generated += sum(len(ids) for ids in completion_ids or [])

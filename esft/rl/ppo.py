@@ -38,8 +38,8 @@ from esft.core.anchor import Anchor
 from esft.core.awd import AWDSection
 from esft.core.sampling import sample_indices
 from esft.core.trainer import StepTrainer
-from esft.policy import Policy
-from esft.rl.common import AnchoredTrainerMixin, Rollout, rollout_metrics, sample_completions
+from esft.policy import Policy, Rollout
+from esft.rl.common import AnchoredTrainerMixin, rollout_metrics
 
 # -- the algorithm as pure functions -------------------------------------------------------------------------
 
@@ -184,8 +184,8 @@ class PPOTrainer(AnchoredTrainerMixin, StepTrainer):
         chosen = [train[i] for i in sample_indices(self.seed, step, len(train), self.s.prompts_per_step)]
         examples = [e for e in chosen for _ in range(self.s.num_generations)]
         length = self.s.max_completion_length or self.task.max_new_tokens
-        rollout = sample_completions(self.policy, [self.task.prompt(e) for e in examples], length,
-                                     self.s.temperature, generator, self.task.stop)
+        rollout = self.policy.sample([self.task.prompt(e) for e in examples], length, self.s.temperature, generator,
+                                     self.task.stop)
         scores = torch.tensor([self.task.reward(t, e) for t, e in zip(rollout.texts, examples)], dtype=torch.float32)
         return rollout, scores
 

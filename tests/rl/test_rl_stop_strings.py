@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from esft.models.tiny import build_tokenizer
-from esft.policy import _cut_at_stop, tokens_through_stop
-from esft.rl.common import sample_completions
+from esft.policy import Policy, Rollout, cut_at_stop, tokens_through_stop
 from esft.run.curriculum import Stage
 from tests.conftest import DigitTask, micro_policy
 from tests.rl.test_rl_trainers import GRPO, NO_AWD, Hooks
@@ -25,13 +24,13 @@ def test_tokens_through_stop_keeps_the_stop_string_and_nothing_after():
     assert tokens_through_stop(tokenizer, ids, []) == len(ids)
     assert tokens_through_stop(tokenizer, [], ["</a>"]) == 0
     kept = tokenizer.decode(ids[:tokens_through_stop(tokenizer, ids, ["</a>"])])
-    assert kept == _cut_at_stop(tokenizer.decode(ids), ["</a>"]), "same cut as the reward's text"
+    assert kept == cut_at_stop(tokenizer.decode(ids), ["</a>"]), "same cut as the reward's text"
 
 
 def _rollout(stop: tuple[str, ...]):
     policy = micro_policy()
     prompts = [f"{i:02d}+{i:02d}=" for i in range(16)]
-    return policy.tokenizer, sample_completions(policy, prompts, 12, 1.0, torch.Generator().manual_seed(3), stop)
+    return policy.tokenizer, policy.sample(prompts, 12, 1.0, torch.Generator().manual_seed(3), stop)
 
 
 def test_ppo_rollouts_end_at_the_first_stop_string():
@@ -47,11 +46,77 @@ def test_ppo_rollouts_end_at_the_first_stop_string():
         # the same samples up to the stop (one generator, drawn for every row at every step) ...
         assert torch.equal(stopped.completion_ids[row, :length], free.completion_ids[row, :length])
         # ... ending right after the stop string's token, with padding and no mask after it
-        assert text == _cut_at_stop(free_text, stop) or length == int(free.completion_mask[row].sum())
+        assert text == cut_at_stop(free_text, stop) or length == int(free.completion_mask[row].sum())
         assert stopped.texts[row] == text
         assert bool((stopped.completion_ids[row, length:] == pad).all())
         cut_rows += length < int(free.completion_mask[row].sum())
     assert cut_rows >= 4, "the check needs rows that a stop string actually cut"
+
+
+@torch.no_grad()
+def _old_sample_completions(policy: Policy, prompts, max_new_tokens, temperature, generator, stop=()) -> Rollout:
+    """rl/common.py's sample_completions before it moved into Policy.sample (verbatim but for the public names
+    and the inlined helpers), the reference Policy.sample must reproduce token for token."""
+    import inspect
+
+    model, pad, eos = policy.model, policy.tokenizer.pad_token_id, policy.tokenizer.eos_token_id
+    ids, mask = policy.left_pad([policy.encode_prompt(p) for p in prompts])
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    done = torch.zeros(len(prompts), dtype=torch.bool)
+    tokens: list[torch.Tensor] = []
+    full_mask, next_position = mask, positions[:, -1:] + 1
+    for t in range(max_new_tokens):
+        logits = out.logits[:, -1].float()
+        if temperature > 0:
+            token = torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1, generator=generator).squeeze(1)
+        else:
+            token = logits.argmax(-1)
+        token = torch.where(done, torch.full_like(token, pad), token)
+        tokens.append(token)
+        done = done | (token == eos)
+        if stop:
+            window = max(len(marker) for marker in stop) + 2
+            recent = torch.stack(tokens[-window:], dim=1)
+            for row in (~done).nonzero().flatten().tolist():
+                text = policy.tokenizer.decode(recent[row].tolist(), skip_special_tokens=True)
+                done[row] = any(marker in text for marker in stop)
+        if bool(done.all()) or t == max_new_tokens - 1:
+            break
+        full_mask = torch.cat([full_mask, (~done).long()[:, None]], dim=1)
+        cache = ({"cache": out.cache} if "cache" in inspect.signature(model.forward).parameters
+                 else {"past_key_values": out.past_key_values})
+        out = model(input_ids=token[:, None], attention_mask=full_mask, position_ids=next_position, use_cache=True,
+                    **cache)
+        next_position = next_position + 1
+    completion = torch.stack(tokens, dim=1)
+    is_eos = (completion == eos).long()
+    completion_mask = (~((is_eos.cumsum(1) - is_eos) > 0)).long()
+    if stop:
+        for row in range(completion.shape[0]):
+            keep = tokens_through_stop(policy.tokenizer, completion[row, :int(completion_mask[row].sum())].tolist(),
+                                       stop)
+            completion[row, keep:] = pad
+            completion_mask[row, keep:] = 0
+    policy.counts.generated += int(completion_mask.sum())
+    policy.counts.forward += int(mask.sum()) + int(completion_mask[:, :-1].sum())
+    texts = [cut_at_stop(t, stop) for t in policy.tokenizer.batch_decode(completion, skip_special_tokens=True)]
+    return Rollout(ids, mask, completion, completion_mask, texts)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7, 0.0])
+@pytest.mark.parametrize("stop", [(), ("3", "7")])
+def test_policy_sample_equals_the_replaced_sampler(temperature, stop):
+    """Policy.sample draws exactly what rl/common.py's sample_completions drew for a seed: same ids, masks,
+    texts and token counts (a resumed PPO run samples what the uninterrupted one did)."""
+    prompts = [f"{i:02d}+{i:02d}=" for i in range(12)]
+    old_policy, new_policy = micro_policy(5), micro_policy(5)
+    old = _old_sample_completions(old_policy, prompts, 10, temperature, torch.Generator().manual_seed(11), stop)
+    new = new_policy.sample(prompts, 10, temperature, torch.Generator().manual_seed(11), stop)
+    for name in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask"):
+        assert torch.equal(getattr(new, name), getattr(old, name)), name
+    assert new.texts == old.texts and new.generated == old.generated
+    assert new_policy.counts == old_policy.counts
 
 
 class StopTask(DigitTask):
