@@ -200,9 +200,6 @@ class Policy:
                 mask[i, width - len(row):] = 1
         return ids.to(self.device), mask.to(self.device)
 
-    #: the old private name, kept only while tests/test_vllm_backend.py's fake engine still calls it
-    _left_pad = left_pad
-
     # -- scoring ---------------------------------------------------------------------------------------
     @property
     def exact_match_is_greedy(self) -> bool:

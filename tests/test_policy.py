@@ -12,6 +12,9 @@ from esft.policy import cut_at_stop
 TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</{{ m['role'] }}>{% endfor %}"
             "{% if add_generation_prompt %}<assistant>{% endif %}")
 
+#: the keys conf/model/*.yaml declares beside `name` (load_policy reads them, the defaults live in conf/)
+MODEL_KEYS = {"dtype": "float32", "device": "cpu", "chat_template": "auto"}
+
 
 def test_plain_prompt_without_template_appends_reply_prefix(policy):
     assert policy.format_prompt("12+34=") == "12+34="
@@ -39,7 +42,7 @@ def test_generate_returns_completion_only(policy):
 def test_saved_model_loads_through_model_name(policy, tmp_path):
     policy.model.save_pretrained(tmp_path / "m")
     policy.tokenizer.save_pretrained(tmp_path / "m")
-    loaded = load_policy({"name": str(tmp_path / "m"), "dtype": "float32", "device": "cpu"})
+    loaded = load_policy({"name": str(tmp_path / "m"), **MODEL_KEYS})
     assert loaded.generate(["12+34="], 3) == policy.generate(["12+34="], 3)
     assert not loaded.use_chat_template
 
@@ -47,7 +50,7 @@ def test_saved_model_loads_through_model_name(policy, tmp_path):
 def test_model_dir_without_weights_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(EsftError, match="holds no weights"):
-        load_policy({"name": str(tmp_path / "empty")})
+        load_policy({"name": str(tmp_path / "empty"), **MODEL_KEYS})
 
 
 def test_unreachable_hub_id_is_a_clear_error(monkeypatch):
@@ -55,7 +58,7 @@ def test_unreachable_hub_id_is_a_clear_error(monkeypatch):
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no network retries in the test
     with pytest.raises(EsftError, match="cannot load model"):
-        load_policy({"name": "no-such-org/no-such-model-xyz"})
+        load_policy({"name": "no-such-org/no-such-model-xyz", **MODEL_KEYS})
 
 
 def test_prompts_longer_than_the_context_are_cut_from_the_left(policy, caplog):

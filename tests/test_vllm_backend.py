@@ -28,6 +28,9 @@ ES = {"population_size": 4, "sigma": 0.3, "alpha": 0.05, "antithetic": True, "sh
       "evaluator": "inplace", "prompts_per_step": 8, "cache_noise": True, "noise": "iid"}
 AWD = {"kind": "l2", "lambda": 1.0, "anchor": "start"}
 
+#: the keys conf/model/*.yaml declares beside `name` (load_policy reads them, the defaults live in conf/)
+MODEL_KEYS = {"dtype": "float32", "device": "cpu", "chat_template": "auto"}
+
 
 class FakeEngine(FollowsWeights):
     """vLLM's surface over an HF model of its own; records every weight vector it is sent, flattened."""
@@ -46,7 +49,7 @@ class FakeEngine(FollowsWeights):
         self.sink.load_weights(weights)
 
     def generate(self, prompts, max_new_tokens, stop=()):
-        ids, mask = self.inner._left_pad(prompts)
+        ids, mask = self.inner.left_pad(prompts)
         tok = self.inner.tokenizer
         out = self.inner.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                                         do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
@@ -131,7 +134,7 @@ def test_hf_sink_rejects_unknown_names_and_shapes():
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
 def test_vllm_backend_without_vllm_is_one_line_error():
     with pytest.raises(EsftError) as info:  # refused before the model is built or loaded
-        load_policy({"name": "no-such-model", "device": "cpu"}, policy_cfg={"backend": "vllm"})
+        load_policy({"name": "no-such-model", **MODEL_KEYS}, policy_cfg={"backend": "vllm"})
     message = str(info.value)
     assert "\n" not in message and "pip install 'esft[vllm]' on a CUDA machine" in message
 
@@ -147,7 +150,7 @@ def test_vllm_backend_without_cuda_is_one_line_error(monkeypatch):
 
 def test_unknown_backend_and_unsupported_combinations_are_refused():
     with pytest.raises(EsftError, match="unknown policy.backend"):
-        load_policy({"name": "tiny"}, policy_cfg={"backend": "sglang"})
+        load_policy({"name": "tiny", **MODEL_KEYS}, policy_cfg={"backend": "sglang"})
     cfg = {"es": dict(ES), "awd": dict(AWD), "policy": {"backend": "vllm"}}
     validate_method_config("es", cfg)
     with pytest.raises(EsftError, match="es.evaluator=inplace"):

@@ -4,7 +4,7 @@
 (EsftError) becomes one line on stderr, a failed status.json and exit code 2; in a multirun the failed job is
 recorded and the sweep continues, and so does a job that crashed with any other exception (a multirun job's
 failure must not take its siblings down; its status.json and log say what happened). Under torchrun,
-`prepare_args` first makes all ranks agree on one run dir (esft/distributed/roles.py).
+`prepare_args` first makes all ranks agree on one run dir (esft/distributed/torchrun.py).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ _FAILED_JOBS: list[str] = []  # run dirs of sweep jobs that failed; the sweep go
 
 
 def train_job(cfg: DictConfig) -> None:
-    from esft.distributed.roles import make_experiment
+    from esft.distributed.torchrun import make_experiment
     from esft.run.threads import configure_threads, launcher_parallelism
     from esft.tracking import job_from_hydra
 
@@ -57,7 +57,7 @@ def run_hydra(args: list[str]) -> None:
     from transformers.utils import logging as hf_logging
 
     from esft.commands.preflight import check_train_args
-    from esft.distributed.roles import prepare_args
+    from esft.distributed.torchrun import prepare_args
     from esft.storage.locks import refuse_busy_run_dir
 
     try:

@@ -135,7 +135,7 @@ class ESTrainer(StepTrainer):
 
     def use_population(self, evaluator: Any) -> None:
         """Evaluate populations with `evaluator` from now on (same `evaluate(seeds, fitness)` seam): the
-        torchrun roles wrap the built evaluator in a sharded one (esft/distributed/roles.py)."""
+        torchrun roles wrap the built evaluator in a sharded one (esft/distributed/torchrun.py)."""
         self.population = evaluator
 
     def finalize(self) -> None:

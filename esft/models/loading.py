@@ -34,7 +34,7 @@ def resolve_device(name: str) -> torch.device:
 
 def resolve_backend(policy_cfg: Mapping[str, Any]) -> str:
     """`policy.backend`: hf (default) or vllm, checked (vLLM importable, CUDA present) before any model loads."""
-    backend = str(policy_cfg.get("backend", "hf") or "hf")
+    backend = str(policy_cfg.get("backend") or "hf")  # no policy section (esft replay, scripts): no engine
     if backend not in ("hf", "vllm"):
         raise EsftError(f"unknown policy.backend '{backend}'; use hf or vllm")
     if backend == "vllm":
@@ -76,9 +76,11 @@ def _load_hf(name: str, dtype: torch.dtype) -> tuple[Any, Any]:
 
 def load_policy(model_cfg: Mapping[str, Any], log_fn: Callable[[str], None] = log.info,
                 policy_cfg: Mapping[str, Any] | None = None) -> Policy:
+    """The Policy of a `model` section (conf/model/*.yaml declares name, dtype, device, chat_template) and an
+    optional `policy` section (the rollout backend)."""
     name = str(model_cfg["name"])
-    device = resolve_device(str(model_cfg.get("device", "cpu")))
-    dtype = resolve_dtype(str(model_cfg.get("dtype", "float32")))
+    device = resolve_device(str(model_cfg["device"]))
+    dtype = resolve_dtype(str(model_cfg["dtype"]))
     policy_cfg = policy_cfg or {}
     backend = resolve_backend(policy_cfg)
     if name == "tiny":
@@ -91,7 +93,7 @@ def load_policy(model_cfg: Mapping[str, Any], log_fn: Callable[[str], None] = lo
 
         name = resolve_model_name(model_cfg, log_fn)  # a packaged GGUF's cached conversion, or the name
         model, tokenizer = _load_hf(name, dtype)
-    setting = model_cfg.get("chat_template", "auto")
+    setting = model_cfg["chat_template"]
     has_template = bool(getattr(tokenizer, "chat_template", None))
     if setting is True and not has_template:
         raise EsftError(f"model.chat_template=true but the tokenizer of '{name}' has no chat template")

@@ -188,11 +188,11 @@ class GRPOTrainer(AnchoredTrainerMixin):
             seed=self.seed, max_steps=max_steps,
             per_device_train_batch_size=generations * prompts, gradient_accumulation_steps=1,
             steps_per_generation=1, num_iterations=1, num_generations=generations,
-            max_completion_length=int(length), temperature=float(c["temperature"]), top_p=float(c.get("top_p", 1.0)),
-            learning_rate=float(c["learning_rate"]), lr_scheduler_type=str(c.get("lr_scheduler", "constant")),
-            warmup_steps=0, weight_decay=0.0, max_grad_norm=float(c.get("max_grad_norm", 1.0)),
-            beta=float(c["beta"]), epsilon=float(c.get("epsilon", 0.2)), loss_type=str(c.get("loss_type", "dapo")),
-            scale_rewards=str(c.get("scale_rewards", "group")), disable_dropout=True, log_completions=False,
+            max_completion_length=int(length), temperature=float(c["temperature"]), top_p=float(c["top_p"]),
+            learning_rate=float(c["learning_rate"]), lr_scheduler_type=str(c["lr_scheduler"]),
+            warmup_steps=0, weight_decay=0.0, max_grad_norm=float(c["max_grad_norm"]),
+            beta=float(c["beta"]), epsilon=float(c["epsilon"]), loss_type=str(c["loss_type"]),
+            scale_rewards=str(c["scale_rewards"]), disable_dropout=True, log_completions=False,
         )
 
     @contextmanager

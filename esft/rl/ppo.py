@@ -127,11 +127,11 @@ class PPOSettings:
 
     @classmethod
     def from_config(cls, c: Mapping[str, Any]) -> "PPOSettings":
-        length = c.get("max_completion_length")
-        return cls(float(c["learning_rate"]), int(c["prompts_per_step"]), int(c.get("num_generations", 1)),
-                   int(c["epochs"]), int(c.get("minibatches", 1)), float(c["clip"]), float(c.get("vf_clip", 0.2)),
+        length = c["max_completion_length"]  # every key is declared in conf/method/ppo.yaml (the defaults' home)
+        return cls(float(c["learning_rate"]), int(c["prompts_per_step"]), int(c["num_generations"]),
+                   int(c["epochs"]), int(c["minibatches"]), float(c["clip"]), float(c["vf_clip"]),
                    float(c["vf_coef"]), float(c["gamma"]), float(c["lam"]), float(c["beta"]),
-                   float(c["temperature"]), int(length) if length else None, float(c.get("max_grad_norm", 1.0)))
+                   float(c["temperature"]), int(length) if length else None, float(c["max_grad_norm"]))
 
 
 class PPOTrainer(AnchoredTrainerMixin, StepTrainer):

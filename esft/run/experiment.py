@@ -120,7 +120,7 @@ class Experiment:
     def __init__(self, cfg: DictConfig | dict, run_dir: Path | str, role: RunRole = SINGLE,
                  job: JobInfo | None = None) -> None:
         """`role`: what this process does for the run (esft/run/role.py; torchrun ranks get theirs from
-        esft/distributed/roles.py). A role that does not write reads the run dir but never changes it.
+        esft/distributed/torchrun.py). A role that does not write reads the run dir but never changes it.
         `job`: the sweep group and run name the trackers use (None: a single run)."""
         self.cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
         self.role, self.job = role, job

@@ -2,7 +2,7 @@
 
 A run is one process (`SINGLE`), or under torchrun a leader (rank 0: writes the run dir) and followers (the
 same training steps, silent). The experiment asks its role two questions and calls two hooks; it never
-needs to know which rank it is. The roles that shard an ES population live in esft/distributed/roles.py and
+needs to know which rank it is. The roles that shard an ES population live in esft/distributed/torchrun.py and
 are chosen there by one factory (`make_experiment`).
 """
 

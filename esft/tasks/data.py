@@ -4,7 +4,8 @@ Two sources, one row format (a list of plain dicts):
 - the Hugging Face hub through `datasets.load_dataset(hub_id, config, split=...)` (the default, the ids the
   paper used), or
 - a local directory (`data_dir=`) holding one folder per task with the files the paper's code reads, e.g.
-  `DATA/gsm8k/test.parquet` (tests/data is a small example), `arc_challenge/test-00000-of-00001.parquet`, `countdown/countdown.json`.
+  `DATA/gsm8k/test.parquet`, `arc_challenge/test-00000-of-00001.parquet`, `countdown/countdown.json` (tests/data
+  is a small example).
 
 Every failure a user can fix (missing folder or file, unreadable file, unreachable hub, missing fields) is an
 `EsftError` with one line naming the file or hub id and the fix.
@@ -67,7 +68,8 @@ def read_local_split(data_dir: Path, folder: str, split: str) -> Rows:
     directory = data_dir / folder
     if not directory.is_dir():
         raise EsftError(f"data_dir {data_dir} has no folder '{folder}'; point data_dir at a folder with "
-                        f"{folder}/{split}.parquet (README: Getting the benchmark data) or set data_dir=null for the hub")
+                        f"{folder}/{split}.parquet (README: Getting the benchmark data) or set data_dir=null "
+                        "for the hub")
     for pattern in LOCAL_PATTERNS:
         paths = _matches(directory, split, pattern)
         if paths:

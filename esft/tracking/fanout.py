@@ -3,7 +3,7 @@
 The JSONL logger's errors propagate (it is the record; the experiment turns a full disk into its message).
 A tracker that raises, when it opens or at any later call (disk, server gone, a library bug), is logged
 once as a warning and dropped; the run goes on. Only the main process opens trackers: torchrun followers
-(esft/distributed/roles.py) compute the same steps and must not log them again.
+(esft/distributed/torchrun.py) compute the same steps and must not log them again.
 
 On open, each tracker is given the run dir's existing rows (none for a new run; the rows up to the
 checkpoint for a resumed one) in the order they were written; trackers send only what they do not already

@@ -125,7 +125,8 @@ def test_real_gguf_converts_into_a_loadable_cache(smollm_cache):
     from esft.models.loading import load_policy
 
     lines: list[str] = []
-    cfg = {"name": NAME, "source": "gguf", "gguf": REAL, "cache_dir": str(smollm_cache), "device": "cpu"}
+    cfg = {"name": NAME, "source": "gguf", "gguf": REAL, "cache_dir": str(smollm_cache), "device": "cpu",
+           "dtype": "float32", "chat_template": "auto"}
     started = time.perf_counter()
     policy = load_policy(cfg, lines.append)
     print(f"\nSmolLM2 loaded from the conversion cache in {time.perf_counter() - started:.1f} s")

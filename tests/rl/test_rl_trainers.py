@@ -7,18 +7,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
+from esft.resources import conf_dir
 from esft.rl.ppo import PPOTrainer
 from esft.run.curriculum import Stage
 from tests.conftest import DigitTask, micro_policy
 
 CONTRACT = ("step", "stage", "task", "reward_mean", "reward_std", "reward_min", "reward_max", "theta_dist",
             "update_norm", "skipped", "seconds", "forward_tokens", "backward_tokens", "generated_tokens", "peak_rss_mb")
-PPO = {"learning_rate": 1e-2, "prompts_per_step": 8, "num_generations": 4, "epochs": 2, "minibatches": 1,
-       "clip": 0.2, "vf_clip": 0.2, "vf_coef": 0.1, "gamma": 1.0, "lam": 0.95, "beta": 0.001, "temperature": 1.0,
-       "max_completion_length": None, "max_grad_norm": 1.0}
-GRPO = {"learning_rate": 1e-2, "num_generations": 8, "prompts_per_step": 8, "beta": 0.0,
-        "max_completion_length": None, "temperature": 1.0}
+def _method(name: str, **overrides) -> dict:
+    """conf/method/NAME.yaml (the defaults' only home) with the test's small-scale overrides."""
+    return {**OmegaConf.to_container(OmegaConf.load(conf_dir() / "method" / f"{name}.yaml"))["method"], **overrides}
+
+
+PPO = _method("ppo", learning_rate=1e-2, prompts_per_step=8, num_generations=4, epochs=2, minibatches=1)
+GRPO = _method("grpo", learning_rate=1e-2, num_generations=8, prompts_per_step=8, beta=0.0)
 NO_AWD = {"kind": "l2", "lambda": 0.0, "anchor": "start"}
 
 
