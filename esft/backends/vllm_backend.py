@@ -141,5 +141,5 @@ def build_generator(name: str, model: Any, tokenizer: Any, model_cfg: Any, polic
     if name == "tiny":
         path = export_for_engine(model, tokenizer, model_cfg.get("cache_dir") or ".")
     max_len = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    return VLLMGenerator(path, dtype, float(policy_cfg.get("gpu_memory_utilization", 0.85)),
-                         bool(policy_cfg.get("enforce_eager", False)), max_len)
+    return VLLMGenerator(path, dtype, float(policy_cfg["gpu_memory_utilization"]),
+                         bool(policy_cfg["enforce_eager"]), max_len)

@@ -65,7 +65,7 @@ def gguf_path(gguf_cfg: Mapping[str, Any]) -> Path:
 
 def choose_source(model_cfg: Mapping[str, Any], log: Log) -> str:
     """`hub` or `gguf` for a config with a `gguf` node, by `model.source` (auto probes the hub)."""
-    source = str(model_cfg.get("source", "auto") or "auto")
+    source = str(model_cfg["source"])
     if source not in SOURCES:
         raise EsftError(f"unknown model.source '{source}'; use auto, hub or gguf")
     name = str(model_cfg["name"])

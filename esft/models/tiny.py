@@ -89,7 +89,7 @@ def model_config(
     tiny_cfg: Mapping[str, Any], vocab_size: int, pad_token_id: int, eos_token_id: int
 ) -> Qwen2Config | LlamaConfig:
     """The transformers config for `model.tiny`; shapes come only from the config node (no hidden defaults)."""
-    arch = str(tiny_cfg.get("architecture", "qwen2"))
+    arch = str(tiny_cfg["architecture"])
     if arch not in _ARCHITECTURES:
         known = ", ".join(_ARCHITECTURES)
         raise EsftError(f"model.tiny.architecture={arch!r} is not supported; use one of: {known}")
@@ -120,8 +120,8 @@ def build_model(tiny_cfg: Mapping[str, Any], vocab_size: int) -> PreTrainedModel
     if vocab_size <= EOS_ID:
         raise EsftError(f"vocab_size={vocab_size} cannot hold the tiny tokenizer's special ids {PAD_ID}, {EOS_ID}")
     config = model_config(tiny_cfg, vocab_size, PAD_ID, EOS_ID)
-    _, model_cls = _ARCHITECTURES[str(tiny_cfg.get("architecture", "qwen2"))]
+    _, model_cls = _ARCHITECTURES[str(tiny_cfg["architecture"])]
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(tiny_cfg.get("init_seed", 0)))
+        torch.manual_seed(int(tiny_cfg["init_seed"]))
         model = model_cls(config)
     return model.to(dtype=torch.float32)

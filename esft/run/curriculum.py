@@ -51,7 +51,7 @@ def _steps(value: Any, what: str) -> int:
 
 
 def build_stages(cfg: Mapping[str, Any]) -> list[Stage]:
-    data_dir, seed = cfg.get("data_dir"), int(cfg.get("seed", 0))
+    data_dir, seed = cfg.get("data_dir"), int(cfg["seed"])
     prior = cfg.get("prior") or {}
     default_steps = _steps(cfg.get("steps"), "steps")
     prior_steps = prior.get("steps")
@@ -80,7 +80,7 @@ def build_eval_tasks(cfg: Mapping[str, Any], stages: list[Stage]) -> tuple[dict[
     for spec in _as_list(eval_cfg.get("tasks")):
         name = task_name(spec)
         if name not in tasks:
-            task = build_task(spec, data_dir=cfg.get("data_dir"), seed=int(cfg.get("seed", 0)))
+            task = build_task(spec, data_dir=cfg.get("data_dir"), seed=int(cfg["seed"]))
             tasks[name] = fit_to_context(task, spec, model_context(cfg), "eval.tasks[].max_new_tokens")
             roles[name] = "eval_only"
     return tasks, roles

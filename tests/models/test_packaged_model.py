@@ -64,7 +64,7 @@ def test_gguf_is_found_without_importing_its_package(fake_package):
 def test_source_choice_and_its_log_line(monkeypatch):
     lines: list[str] = []
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert packaged.choose_source({"name": NAME}, lines.append) == "gguf"
+    assert packaged.choose_source({"name": NAME, "source": "auto"}, lines.append) == "gguf"
     assert "HF_HUB_OFFLINE" in lines[-1] and "packaged GGUF" in lines[-1]
     assert packaged.choose_source({"name": NAME, "source": "hub"}, lines.append) == "hub"
     with pytest.raises(EsftError, match="model.source"):
@@ -80,7 +80,7 @@ def test_unreachable_hub_is_detected_fast(monkeypatch):
     monkeypatch.setattr(packaged, "hub_reachable", lambda: hub.hub_reachable.__wrapped__())
     started = time.perf_counter()
     lines: list[str] = []
-    assert packaged.choose_source({"name": NAME}, lines.append) == "gguf"
+    assert packaged.choose_source({"name": NAME, "source": "auto"}, lines.append) == "gguf"
     assert time.perf_counter() - started < 3.0 and "unreachable" in lines[-1]
 
 
