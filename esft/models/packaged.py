@@ -39,6 +39,7 @@ from typing import Any
 
 from esft.errors import EsftError
 from esft.models.hub import hub_reachable, offline_requested
+from esft.storage.rundir import remove_stale_temporaries
 
 #: bump when this module changes what a given GGUF converts to, so stale caches are never reused
 CONVERSION_VERSION = 1
@@ -158,20 +159,10 @@ def convert(gguf_file: Path, target: Path, log: Log) -> dict[str, Any]:
     return {"seconds": seconds, "parameters": parameters}
 
 
-def _remove_stale_temporaries(final: Path) -> None:
-    now = time.time()
-    for stale in final.parent.glob(f".{final.name}.tmp-*"):
-        try:
-            if now - stale.stat().st_mtime > STALE_TEMPORARY_S:
-                shutil.rmtree(stale, ignore_errors=True)
-        except OSError:
-            continue
-
-
 def _publish(gguf_file: Path, final: Path, key: str, log: Log) -> None:
     """Convert into a temp dir beside `final`, then rename it into place; the first publisher wins a race."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(final)
+    remove_stale_temporaries(final, STALE_TEMPORARY_S)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     tmp.chmod(0o755)  # mkdtemp's 0700 would hide a shared cache from other users
     try:

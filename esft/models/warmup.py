@@ -44,6 +44,7 @@ from transformers.utils import logging as hf_logging
 from esft.core.progress import progress_bar
 from esft.errors import EsftError
 from esft.models.tiny import build_model, build_tokenizer
+from esft.storage.rundir import remove_stale_temporaries
 from esft.tasks.base import Example
 from esft.tasks.registry import build_task
 
@@ -239,18 +240,6 @@ def _save(path: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
 STALE_TEMPORARY_S = 3600.0
 
 
-def _remove_stale_temporaries(final: Path) -> None:
-    """Delete temp dirs of this cache entry left by a process killed while saving. Only old ones: a young one
-    may belong to a concurrent sweep job that is saving right now (saving takes well under a second)."""
-    now = time.time()
-    for stale in final.parent.glob(f".{final.name}.tmp-*"):
-        try:
-            if now - stale.stat().st_mtime > STALE_TEMPORARY_S:
-                shutil.rmtree(stale, ignore_errors=True)
-        except OSError:
-            continue
-
-
 def _build_and_publish(tiny_cfg: Mapping[str, Any], final: Path, key: str, log: Log):
     """Build, warm up and save into a temp dir beside `final`, then rename it into place atomically.
 
@@ -261,7 +250,7 @@ def _build_and_publish(tiny_cfg: Mapping[str, Any], final: Path, key: str, log: 
     model = build_model(tiny_cfg, len(tokenizer))
     metrics = warmup_tiny(model, tokenizer, tiny_cfg["warmup"], log)
     final.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(final)
+    remove_stale_temporaries(final, STALE_TEMPORARY_S)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     tmp.chmod(0o755)  # mkdtemp's 0700 would hide a shared cache from other users
     try:

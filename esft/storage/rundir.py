@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -74,17 +75,7 @@ def dumps(row: dict[str, Any]) -> str:
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     """Write JSON via a temp file in the same directory and `os.replace`, so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(_clean(data), handle, default=_json_default, indent=2)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _replace_bytes(path, json.dumps(_clean(data), default=_json_default, indent=2).encode())
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -260,3 +251,15 @@ class ReadOnlyRunDir(RunDir):
 
     def set_status(self, state: str, **fields: Any) -> None:
         pass
+
+
+def remove_stale_temporaries(final: Path, older_than_s: float = 3600.0) -> None:
+    """Delete the temp dirs (`.<name>.tmp-*`) of a cache entry that a process killed while saving left behind.
+    Only old ones: a young one may belong to a concurrent process that is saving right now."""
+    now = time.time()
+    for stale in final.parent.glob(f".{final.name}.tmp-*"):
+        try:
+            if now - stale.stat().st_mtime > older_than_s:
+                shutil.rmtree(stale, ignore_errors=True)
+        except OSError:
+            continue
