@@ -2,7 +2,7 @@
 
 - `generate(prompts)`: batched greedy decoding with left padding and the KV cache (`model.generate`),
   completion-only decoding (the prompt is never part of what a reward sees; the reference HF path scored
-  prompt + completion, anchors-code.md pitfall 1), cut at the task's stop strings.
+  prompt + completion), cut at the task's stop strings.
 - `exact_match(prompts, answers)`: for exact-answer tasks, one teacher-forced forward decides what greedy
   decoding would produce: the greedy completion equals the target iff the argmax at every answer position is
   the target token (and, when the budget allows more tokens, the next argmax is EOS). Used only where that is

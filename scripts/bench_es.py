@@ -127,7 +127,7 @@ def build_task(w: Workload, policy: Policy) -> BenchTask:
 
 # -- the methods: each is set up on a fresh copy of the policy and returns (members, run(step)) ---------------
 class ReferenceES:
-    """The papers' loop (anchors-code.md section 1) plus es-awd's in-place AWD, in the model's dtype."""
+    """The papers' loop (Qiu et al. 2025's reference code) plus es-awd's in-place AWD, in the model's dtype."""
 
     def __init__(self, policy: Policy, task: BenchTask, members: int) -> None:
         self.policy, self.task, self.members = policy, task, members

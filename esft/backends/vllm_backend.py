@@ -1,6 +1,6 @@
 """vLLM rollouts (`policy.backend=vllm`, extra `esft[vllm]`): one engine for the whole run, fed every member's weights.
 
-Why this shape (anchors-code.md section 1 and section 7 #5, #18):
+Why this shape (as the papers' vLLM code does it, minus its pitfalls):
 - The engine is created once and kept alive across steps: start-up (weight load, memory profiling, CUDA-graph
   capture) costs far more than a step, and HF `generate` was the reference code's bottleneck (559 s/iteration).
 - Members are evaluated by *loading* master + s*sigma*eps into the engine (computed in fp32 from esft's master,

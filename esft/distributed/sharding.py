@@ -1,10 +1,10 @@
-"""Population sharding across torchrun ranks: the third evaluator of DESIGN.md section 3.
+"""Population sharding across torchrun ranks: a population evaluator that wraps inplace or lowrank.
 
 Noise draw k (both members of an antithetic pair) belongs to rank k % world, so each rank generates only its
 own draws' noise and evaluates only their members with the ordinary evaluator (inplace or lowrank). The
 per-member rewards are then all-gathered, so every rank holds all N rewards in member order and `tell` shapes
 exactly what a single process would. The update needs every draw's noise: apply_step uses the draws this rank
-cached and regenerates the others from their seeds (counter-based streams, DESIGN.md section 5), which is bit-identical
+cached and regenerates the others from their seeds (counter-based streams), which is bit-identical
 to the cached noise, so every rank applies the same update as a single process, bit for bit.
 
 Each rank also adds the other ranks' forward/generated token counts to its policy's counters, so the metrics

@@ -1,7 +1,7 @@
 """fp32 master weights, the anchor theta0, and the bridge to the model's own tensors.
 
 ES updates are tiny (alpha/sqrt(N) per coordinate, ~1e-4 in the papers) and in bf16 a perturb-then-restore
-cycle leaves an error of the same order (anchors-code.md, pitfall 2). So the truth lives in one flat fp32
+cycle leaves an error of the same order (a pitfall of the papers' reference code). So the truth lives in one flat fp32
 vector `master`; the model's tensors are only ever *written from* it (theta + sigma*eps for a member, theta
 to restore), never updated in place in low precision. With an fp32 model on the same device the model's
 parameters become views of one working buffer, so loading a member is a single fused add.

@@ -167,8 +167,8 @@ class _DrawSource:
 class LowRankEvaluator:
     """EGGROLL: members stacked in one batched forward / generate call, as many per call as fit in the
     fitness' batch_size rows (eval.batch_size; `member_chunk` overrides). On CPU a few hundred rows per forward
-    is already compute-bound, so stacking more buys nothing (feasibility.md 2.8); on a GPU, raise the batch size
-    so the whole population shares one call."""
+    is already compute-bound, so stacking more buys nothing (measured: scripts/bench_es.py); on a GPU, raise the
+    batch size so the whole population shares one call."""
 
     name = "lowrank"
 

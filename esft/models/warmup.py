@@ -1,8 +1,8 @@
 """Supervised warm-up of the built-in tiny model, cached on disk by a hash of its config.
 
 Why a warm-up at all: ES fine-tunes *pretrained* models, and on a from-scratch model it only selects between
-behaviours that already exist (../shared/research/feasibility.md 2.5). The warm-up plays the role of
-pretraining: it trains the `model.tiny.warmup.mix` of arithmetic tasks with conflicting labels (add vs
+behaviours that already exist (full-parameter ES on a 0.56M model barely learns new computation). The warm-up
+plays the role of pretraining: it trains the `model.tiny.warmup.mix` of arithmetic tasks with conflicting labels (add vs
 add_reversed, reverse vs copy), so each ES task starts competent-but-ambiguous, and subtraction cleanly.
 
 Training is plain teacher-forced SFT with the loss on the 3 answer tokens only (the prompt is given, never

@@ -1,5 +1,5 @@
 """The PPO baseline, implemented in esft on the shared Policy (TRL no longer ships a PPOTrainer that takes a
-rule-based reward; anchors-code.md section 4).
+rule-based reward).
 
 Variant: token-level PPO for language models with the KL penalty folded into the reward -- the recipe of
 Ziegler et al. 2019 / InstructGPT and of TRL's classic `PPOTrainer` (<= 0.11):

@@ -1,7 +1,7 @@
 """The run-dir contract between training and reporting.
 
 Everything a run knows ends up here; `esft drift-report` reads nothing else. File names and the keys marked
-(pinned) are interfaces other tools rely on (DESIGN.md section 4a).
+(pinned) are interfaces other tools rely on (README, "The run directory").
 
     .hydra/config.yaml     the composed config (written by Hydra)
     status.json            (pinned) {"state": "running"|"done"|"failed", "step", "stage", "message", ...}

@@ -8,7 +8,7 @@ answered by reversing or copying 50/50 (`reverse` / `copy`). Both candidate digi
 logits and ES only has to pick one (stage A: add 50-60% -> ~100%; stage B: reverse 41-48% -> ~100%).
 `subtract` is learned cleanly and serves as the eval-only skill whose erosion measures forgetting. A sign
 convention mixed 50/50 with its flip was tried first and gave ES little to select; digit-order ambiguities
-work (../shared/research/curriculum.md, sections 3-4).
+work (its update direction is about as aligned with the gradient as a random direction).
 
 Every prompt is 6 tokens and every answer 3 tokens under the tiny byte-level tokenizer, with no padding, so
 the warm-up and the teacher-forced exact-match evaluation batch without masks.
