@@ -1,8 +1,8 @@
 """The ES trainer behind the experiment's Trainer seam: `set_stage`, `step`, `state_dict`, `load_state_dict`.
 
 One step (docs/architecture.md, "One ES step"): ask seeds -> evaluate the population on M fresh training
-prompts shared by all members -> shape fitness -> update from the (cached or regenerated) noise -> AWD pull toward the anchor
--> log the step's seeds and coefficients to the replay log. Prompts of step t are drawn from a generator
+prompts shared by all members -> shape fitness -> update from the (cached or regenerated) noise -> AWD pull
+toward the anchor -> log the step's seeds and coefficients to the replay log. Prompts of step t are drawn from a generator
 keyed by (seed, t), so a resumed run draws exactly what an uninterrupted one would.
 """
 
