@@ -2,8 +2,8 @@
 
 One step (docs/architecture.md, "One ES step"): ask seeds -> evaluate the population on M fresh training
 prompts shared by all members -> shape fitness -> update from the (cached or regenerated) noise -> AWD pull
-toward the anchor -> log the step's seeds and coefficients to the replay log. Prompts of step t are drawn from a generator
-keyed by (seed, t), so a resumed run draws exactly what an uninterrupted one would.
+toward the anchor -> log the step's seeds and coefficients to the replay log. Prompts of step t are drawn from
+a generator keyed by (seed, t), so a resumed run draws exactly what an uninterrupted one would.
 """
 
 from __future__ import annotations
