@@ -12,12 +12,12 @@ import csv
 import html
 import io
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 from esft.report.metrics import BASE_FIELDS, COMPUTE_FIELDS, DRIFT_FIELDS
 from esft.report.tables import TableData, all_tables, gem_table, lone_seed_note
+from esft.storage.rundir import finite_or_null
 
 RUN_FIELDS = ("new_task_gain", "new_task_final", "acc", "bwt", "theta_final", "theta_pred", "theta_ratio",
               "theta_ratio_free", *COMPUTE_FIELDS, *(f"new_stage_{n}" for n in COMPUTE_FIELDS))
@@ -118,19 +118,8 @@ def to_csv(summary: dict[str, Any]) -> str:
     return buffer.getvalue()
 
 
-def _finite(value: Any) -> Any:
-    """JSON has no NaN or infinity: such a value becomes null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
 def to_json(summary: dict[str, Any]) -> str:
-    return json.dumps(_finite(summary), indent=2, allow_nan=False, default=str)
+    return json.dumps(finite_or_null(summary), indent=2, allow_nan=False, default=str)
 
 
 def _md_cell(text: str) -> str:

@@ -57,25 +57,25 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def _clean(value: Any) -> Any:
+def finite_or_null(value: Any) -> Any:
     """Non-finite floats become null: JSON has no NaN, and readers must not choke on one bad number."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
+        return {k: finite_or_null(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [finite_or_null(v) for v in value]
     return value
 
 
 def dumps(row: dict[str, Any]) -> str:
-    return json.dumps(_clean(row), default=_json_default, separators=(",", ":"))
+    return json.dumps(finite_or_null(row), default=_json_default, separators=(",", ":"))
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     """Write JSON via a temp file in the same directory and `os.replace`, so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    _replace_bytes(path, json.dumps(_clean(data), default=_json_default, indent=2).encode())
+    _replace_bytes(path, json.dumps(finite_or_null(data), default=_json_default, indent=2).encode())
 
 
 def read_json(path: Path) -> dict[str, Any]:
