@@ -1,4 +1,4 @@
-"""Write data/smollm2_sums_{train,eval}.jsonl: two-digit sums as a `reward_kind: numeric` jsonl task.
+"""Write esft/tasks/bundled/smollm2_sums_{train,eval}.jsonl: two-digit sums as a `reward_kind: numeric` jsonl task.
 
 The target task of the `experiment=smollm2_cpu` preset (README "A real model on CPU: SmolLM2").
 
@@ -28,7 +28,7 @@ def items(count: int, seed: int) -> list[dict[str, str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "data")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "esft" / "tasks" / "bundled")
     parser.add_argument("--train", type=int, default=200)
     parser.add_argument("--eval", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=13)

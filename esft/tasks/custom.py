@@ -9,7 +9,9 @@ esft" and conf/task/example_jsonl.yaml):
 
 Each line is a JSON object with a prompt and an answer field (names configurable). One file serves as both the
 training and the evaluation pool; give {train:, eval:} to hold items out (a mapping without `train` makes an
-evaluation-only task). Relative paths are looked up in the working directory, then under `data_dir`.
+evaluation-only task). Relative paths are looked up in the working directory, then under `data_dir`; a path
+`esft://NAME` names a file esft ships in esft/tasks/bundled/ (the presets' own data), so a preset works from
+any working directory and from an installed wheel, not only from a clone.
 
 Reward kinds (reward = score, in [0, 1]; there is no format bonus):
 - exact: the completion, its last non-empty line, or the text after a final "Answer:" equals the answer,
@@ -36,6 +38,8 @@ from esft.tasks.multiple_choice import LETTERS, extract_letter, options_block
 from esft.tasks.safe_math import parse_number, safe_eval
 
 REWARD_KINDS = ("exact", "numeric", "choice")
+BUNDLED_PREFIX = "esft://"
+BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 
 
 class JsonlTask(SplitTask):
@@ -72,7 +76,14 @@ class JsonlTask(SplitTask):
         return {split: str(path) for split, path in self.jsonl.items()}
 
     def _resolve(self, path: str) -> Path:
-        """A path as given, relative to the working directory, or relative to data_dir."""
+        """A path as given, relative to the working directory, or relative to data_dir; `esft://NAME` is a file
+        of esft's bundled data."""
+        if path.startswith(BUNDLED_PREFIX):
+            bundled = BUNDLED_DIR / path[len(BUNDLED_PREFIX):]
+            if bundled.is_file() and bundled.resolve().parent == BUNDLED_DIR:
+                return bundled
+            shipped = ", ".join(BUNDLED_PREFIX + p.name for p in sorted(BUNDLED_DIR.glob("*.jsonl")))
+            raise EsftError(f"task '{self.name}': {path} is not a file esft ships; bundled files: {shipped}")
         candidates = [Path(path)]
         if self.data_dir and not Path(path).is_absolute():
             candidates.append(Path(self.data_dir) / path)

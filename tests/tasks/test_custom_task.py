@@ -175,3 +175,17 @@ def test_example_config_builds_once_pointed_at_a_file(tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()
     write_jsonl(tmp_path / "data" / "example.jsonl", [{"prompt": "Capital of France?", "answer": "Paris"}])
     assert task.score("Paris", task.eval_examples()[0]) == 1.0
+
+
+def test_bundled_preset_data_loads_from_any_working_directory(tmp_path: Path, monkeypatch) -> None:
+    """experiment=smollm2_cpu names its sums task as esft://...: it must load outside a clone's root too."""
+    monkeypatch.chdir(tmp_path)
+    preset = OmegaConf.load(REPO / "conf" / "experiment" / "smollm2_cpu.yaml")
+    task = build_task(preset.task, data_dir=str(tmp_path))
+    train, held_out = task.train_examples(), task.eval_examples()
+    assert len(train) == 200 and len(held_out) == 300
+    assert not {e.prompt for e in train} & {e.prompt for e in held_out}
+    example = train[0]
+    assert task.score(f"The answer is {example.answer}.", example) == 1.0
+    with pytest.raises(EsftError, match=r"not a file esft ships; bundled files: esft://smollm2_sums_eval.jsonl"):
+        build_task({"name": "x", "jsonl": "esft://../custom.py"}).eval_examples()
