@@ -18,6 +18,12 @@ in units of the fp32 weights: the target is <= 2.5).
 
     python scripts/bench_es.py                           # tiny + gen30m (+ gpu05b when CUDA is available)
     python scripts/bench_es.py --workload gpu05b --json  # last line: one JSON object
+    python scripts/bench_es.py --workload smollm2        # the real SmolLM2-135M on the smollm2_cpu preset's work
+
+The smollm2 workload is the one real pretrained model: the packaged GGUF's cached conversion (as
+`esft train model=smollm2-135m`), the preset's first M sums prompts through the chat template, its numeric reward
+and its sigma / alpha / lambda, so "of inference" there is what a user's `experiment=smollm2_cpu` step costs
+against pure generation of the same prompts.
 """
 
 from __future__ import annotations
@@ -42,10 +48,12 @@ import yaml
 from esft.es.population import StepFitness
 from esft.es.shaping import zscore
 from esft.es.trainer import ESTrainer
+from esft.models.loading import load_policy
 from esft.models.tiny import _ARCHITECTURES, EOS_ID, PAD_ID, build_tokenizer, model_config
 from esft.policy import Policy
 from esft.tasks.arithmetic import Reverse
 from esft.tasks.base import Example, Task
+from esft.tasks.registry import build_task as build_registered_task
 
 REPO = Path(__file__).resolve().parents[1]
 SIGMA, ALPHA, AWD_LAMBDA = 0.01, 0.01, 1.0
@@ -66,6 +74,11 @@ class Workload:
     sequential_members: int | None = None  # members timed by one-at-a-time methods (the rate is per member)
     needs_cuda: bool = False
     batch_size: int = 256  # rows per forward (eval.batch_size): lowrank stacks as many whole members as fit
+    model: str | None = None   # a conf/model/*.yaml to load through esft (real weights) instead of `shape`
+    preset: str | None = None  # a conf/experiment/*.yaml whose task, sigma, alpha and AWD lambda are used
+    sigma: float = SIGMA
+    alpha: float = ALPHA
+    awd_lambda: float = AWD_LAMBDA
 
 
 def _tiny_shape() -> dict:
@@ -84,6 +97,9 @@ WORKLOADS = {
                                   "max_position_embeddings": 1024, "init_seed": 0},
                        151936, population=30, prompts=64, new_tokens=128, exact=False, dtype=torch.bfloat16,
                        repeats=1, warmup=False, sequential_members=10, needs_cuda=True, batch_size=30 * 64),
+    "smollm2": Workload("smollm2", {}, 0, population=8, prompts=16, new_tokens=16, exact=False, repeats=2,
+                        warmup=False, model="smollm2-135m", preset="smollm2_cpu", sigma=1e-3, alpha=5e-4,
+                        awd_lambda=10.0),
 }
 
 
@@ -108,7 +124,35 @@ class BenchTask(Task):
         return sum(ch.isdigit() for ch in completion) / max(1, self.max_new_tokens)
 
 
+class PresetTask(BenchTask):
+    """The first M training prompts of a preset's task, scored by that task's own reward."""
+
+    def __init__(self, task: Task, prompts: int, new_tokens: int) -> None:
+        super().__init__(list(task.train_examples()[:prompts]), exact=False, new_tokens=new_tokens)
+        self.task = task
+
+    def score(self, completion: str, example: Example) -> float:
+        return self.task.score(completion, example)
+
+
+def _conf(group: str, name: str) -> dict:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(REPO / "conf" / group / f"{name}.yaml"), resolve=True)
+
+
+def load_model_policy(w: Workload, device: torch.device) -> Policy:
+    """A real model the way `esft train model=NAME` loads it (for smollm2: the packaged GGUF's cached
+    conversion; the hub is not probed)."""
+    model_cfg = {**_conf("model", w.model), "device": str(device)}
+    if "gguf" in model_cfg:
+        model_cfg["source"] = "gguf"
+    return load_policy(model_cfg, log_fn=lambda text: print(text, file=sys.stderr, flush=True))
+
+
 def build_policy(w: Workload, device: torch.device) -> Policy:
+    if w.model:
+        return load_model_policy(w, device)
     tokenizer = build_tokenizer()
     config = model_config(w.shape, w.vocab, PAD_ID, EOS_ID)
     with torch.random.fork_rng(devices=[]), torch.device(device):
@@ -118,6 +162,8 @@ def build_policy(w: Workload, device: torch.device) -> Policy:
 
 
 def build_task(w: Workload, policy: Policy) -> BenchTask:
+    if w.preset:
+        return PresetTask(build_registered_task(_conf("experiment", w.preset)["task"]), w.prompts, w.new_tokens)
     examples = list(Reverse().train_examples()[:w.prompts])
     if w.exact:
         answers = policy.generate([e.prompt for e in examples], w.new_tokens, batch_size=len(examples))
@@ -129,12 +175,12 @@ def build_task(w: Workload, policy: Policy) -> BenchTask:
 class ReferenceES:
     """The papers' loop (Qiu et al. 2025's reference code) plus es-awd's in-place AWD, in the model's dtype."""
 
-    def __init__(self, policy: Policy, task: BenchTask, members: int) -> None:
-        self.policy, self.task, self.members = policy, task, members
+    def __init__(self, policy: Policy, task: BenchTask, members: int, w: Workload) -> None:
+        self.policy, self.task, self.members, self.w = policy, task, members, w
         self.params = [p for _, p in policy.model.named_parameters()]
         self.theta0 = [p.detach().clone() for p in self.params]
         self.generator = torch.Generator(device=policy.device)
-        self.prompts = [e.prompt for e in task.examples]
+        self.prompts = [policy.format_prompt(e.prompt) for e in task.examples]  # the chat template, if any
 
     def noise(self, param: torch.Tensor, seed: int) -> torch.Tensor:
         self.generator.manual_seed(seed)  # re-seeded per tensor, as es-at-scale
@@ -143,7 +189,9 @@ class ReferenceES:
     @torch.no_grad()
     def fitness(self) -> float:
         tok = self.policy.tokenizer
-        batch = tok(self.prompts, return_tensors="pt", padding=True).to(self.policy.device)
+        tok.padding_side = "left"  # as the papers' scripts set it for batched generation
+        batch = tok(self.prompts, return_tensors="pt", padding=True,  # a chat template already carries its specials
+                    add_special_tokens=not self.policy.use_chat_template).to(self.policy.device)
         out = self.policy.model.generate(**batch, max_new_tokens=self.task.max_new_tokens, do_sample=False,
                                          pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
         texts = tok.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
@@ -155,10 +203,10 @@ class ReferenceES:
         rewards = []
         for seed in seeds:
             for p in self.params:
-                p.add_(self.noise(p, seed), alpha=SIGMA)
+                p.add_(self.noise(p, seed), alpha=self.w.sigma)
             rewards.append(self.fitness())
             for p in self.params:
-                p.add_(self.noise(p, seed), alpha=-SIGMA)
+                p.add_(self.noise(p, seed), alpha=-self.w.sigma)
         z = zscore(np.asarray(rewards))
         if z is None:
             return
@@ -166,27 +214,27 @@ class ReferenceES:
             total = torch.zeros_like(p)
             for seed, coefficient in zip(seeds, z):
                 total.add_(self.noise(p, seed), alpha=float(coefficient))
-            p.add_(total, alpha=ALPHA / self.members)
-            p.sub_(p0).mul_(1 - ALPHA * AWD_LAMBDA).add_(p0)
+            p.add_(total, alpha=self.w.alpha / self.members)
+            p.sub_(p0).mul_(1 - self.w.alpha * self.w.awd_lambda).add_(p0)
 
 
 def esft_method(evaluator: str, freeze: bool = False, cache_noise: bool = True, noise: str = "iid") -> Callable:
-    def setup(policy: Policy, task: BenchTask, members: int, batch_size: int):
-        es = {"population_size": members, "sigma": SIGMA, "alpha": ALPHA, "antithetic": True, "shaping": "zscore",
+    def setup(policy: Policy, task: BenchTask, members: int, w: Workload):
+        es = {"population_size": members, "sigma": w.sigma, "alpha": w.alpha, "antithetic": True, "shaping": "zscore",
               "evaluator": evaluator, "rank": 1, "freeze_nonmatrix": freeze, "prompts_per_step": None,
               "cache_noise": cache_noise, "noise": noise}
-        trainer = ESTrainer(policy, es, {"kind": "l2", "lambda": AWD_LAMBDA, "anchor": "start"}, seed=0,
-                            replay_log=lambda row: None, batch_size=batch_size)
+        trainer = ESTrainer(policy, es, {"kind": "l2", "lambda": w.awd_lambda, "anchor": "start"}, seed=0,
+                            replay_log=lambda row: None, batch_size=w.batch_size)
         trainer.set_stage(0, task)
         return trainer.step
     return setup
 
 
 def inference_method(batched: bool) -> Callable:
-    def setup(policy: Policy, task: BenchTask, members: int, batch_size: int):
+    def setup(policy: Policy, task: BenchTask, members: int, w: Workload):
         def run(step: int) -> None:
             with torch.no_grad():
-                fitness = StepFitness(policy, task, task.examples, batch_size=batch_size)
+                fitness = StepFitness(policy, task, task.examples, batch_size=w.batch_size)
                 per_call = fitness.members_per_call if batched else 1
                 for start in range(0, members, per_call):
                     fitness.batched(min(per_call, members - start))
@@ -195,7 +243,7 @@ def inference_method(batched: bool) -> Callable:
 
 
 METHODS = {  # name -> (setup, batched over members)
-    "reference": (lambda policy, task, members, batch_size: ReferenceES(policy, task, members).step, False),
+    "reference": (lambda policy, task, members, w: ReferenceES(policy, task, members, w).step, False),
     "inplace": (esft_method("inplace"), False),
     "inplace-uncached": (esft_method("inplace", cache_noise=False), False),
     "inplace-philox": (esft_method("inplace", noise="philox"), False),
@@ -243,7 +291,7 @@ def setup_method(name: str, w: Workload, base: Policy, task: BenchTask, device: 
     start = memory_mark(device)
     policy = copy.copy(base)
     policy.model = copy.deepcopy(base.model)
-    run = setup(policy, task, members, w.batch_size)
+    run = setup(policy, task, members, w)
     first = timed(run, 0, device)
     return {"method": name, "members": members, "run": run, "times": [] if w.warmup else [first],
             "peak_mb": (memory_peak(device) - start) / 2 ** 20}

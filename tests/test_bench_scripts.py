@@ -96,3 +96,25 @@ def test_bench_noise_measures_philox_and_prints_the_step_model(monkeypatch, caps
     assert set(model["estimate"]) == set(bench.MODEL_NUMEL)
     for row in model["estimate"].values():  # the new design never does more noise work than the old one
         assert row["new compiled (s)"] < row["new eager (s)"] < row["old total (s)"]
+
+
+def test_bench_es_real_model_workload_uses_the_preset_task(monkeypatch, capsys):
+    """The smollm2 workload's code path (a model loaded through esft, the preset's task and its reward, the
+    preset's sigma/alpha/lambda) on a SmolLM2-shaped random Llama instead of the 135M weights."""
+    bench = _load("bench_es")
+    from tests.models.test_llama_path import llama_policy
+
+    monkeypatch.setattr(bench, "load_model_policy", lambda w, device: llama_policy())
+    smol = replace(bench.WORKLOADS["smollm2"], population=4, prompts=3, new_tokens=3, repeats=1)
+    monkeypatch.setattr(bench, "WORKLOADS", {"smollm2": smol})
+    previous = torch.get_num_threads()
+    try:
+        assert bench.main(["--workload", "smollm2", "--threads", "1", "--json"]) == 0
+    finally:
+        torch.set_num_threads(previous)
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["workloads"][0]
+    assert result["workload"] == "smollm2" and result["prompts"] == 3
+    assert set(result["methods"]) >= {"reference", "inplace", "lowrank", "inference-seq", "inference-batched"}
+    task = bench.build_task(smol, llama_policy())
+    assert [e.prompt for e in task.examples][0].startswith("What is ") and len(task.examples) == 3
+    assert task.score(f"{task.examples[0].answer}", task.examples[0]) == 1.0
