@@ -118,3 +118,27 @@ def test_bench_es_real_model_workload_uses_the_preset_task(monkeypatch, capsys):
     task = bench.build_task(smol, llama_policy())
     assert [e.prompt for e in task.examples][0].startswith("What is ") and len(task.examples) == 3
     assert task.score(f"{task.examples[0].answer}", task.examples[0]) == 1.0
+
+
+def test_probe_prior_drift_scores_the_priors_along_one_ray(monkeypatch, capsys):
+    """The displacement probe on a SmolLM2-shaped random Llama and the fixture's PIQA rows: r=0 is the base
+    (drop 0), the weights are back at theta0 afterwards, and the plain-ES step estimate grows as r^2."""
+    probe = _load("probe_prior_drift")
+    from esft.models.tiny import build_model, build_tokenizer
+    from esft.policy import Policy
+    from tests.models.test_llama_path import SMOL_SHAPED
+
+    tokenizer = build_tokenizer()  # bytes: PIQA's options need a longer context than the shared test Llama's
+    model = build_model({**SMOL_SHAPED, "max_position_embeddings": 1024}, len(tokenizer))
+    policy = Policy(model, tokenizer, torch.device("cpu"), use_chat_template=False)
+    before = [p.detach().clone() for p in policy.model.parameters()]
+    monkeypatch.setattr(probe, "load_policy", lambda cfg, log_fn: policy)
+    data = Path(__file__).parent / "data"
+    assert probe.main(["--data-dir", str(data), "--tasks", "piqa", "--n", "6", "--radii", "0,5,10",
+                       "--threads", "1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    rows = result["rows"]
+    assert [r["radius"] for r in rows] == [0.0, 5.0, 10.0] and result["n"] == 6
+    assert rows[0]["tasks"]["piqa"]["drop"] == 0.0
+    assert rows[2]["plain_es_steps"] == pytest.approx(4 * rows[1]["plain_es_steps"])
+    assert all(torch.equal(a, b) for a, b in zip(before, policy.model.parameters()))
