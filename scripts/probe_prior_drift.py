@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|" + "---|" * len(tasks))
     for row in rows:
         cells = [f"{v['accuracy']:.1%} ({v['drop']:+.1%} ± {1.96 * v['drop_se']:.1%})" for v in row["tasks"].values()]
-        print(f"| {row['radius']:g} | {row['relative']:.2%} | {row['plain_es_steps']:.0f} | " + " | ".join(cells) + " |")
+        lead = f"| {row['radius']:g} | {row['relative']:.2%} | {row['plain_es_steps']:.0f} | "
+        print(lead + " | ".join(cells) + " |")
     if args.json:
         print(json.dumps({"preset": args.preset, "n": args.n, "metric": metric, "parameters": parameters,
                           "theta0_norm": theta0_norm, "seed": args.seed, "rows": rows}))
