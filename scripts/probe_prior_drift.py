@@ -102,11 +102,13 @@ def main(argv: list[str] | None = None) -> int:
         row = {"radius": radius, "relative": radius / theta0_norm,
                "plain_es_steps": es_steps_for(radius, es["alpha"], es["population_size"], parameters), "tasks": {}}
         for name, task in tasks.items():
-            correct = loglik_metrics(policy, task, examples[name])[metric]
+            metrics = loglik_metrics(policy, task, examples[name])
+            correct = metrics[metric]
             base.setdefault(name, correct)
             diff = correct - base[name]
             row["tasks"][name] = {"accuracy": float(correct.mean()), "drop": float(-diff.mean()),
-                                  "drop_se": float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else 0.0}
+                                  "drop_se": float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else 0.0,
+                                  **{key: float(values.mean()) for key, values in metrics.items()}}
         row["seconds"] = time.perf_counter() - began
         rows.append(row)
         log(f"r={radius:g} ({row['relative']:.2%} of |theta0|, ~{row['plain_es_steps']:.0f} plain-ES steps): " +
