@@ -73,6 +73,7 @@ class Workload:
     warmup: bool = True  # an untimed run per method first (off for gpu05b: one global warm-up instead)
     sequential_members: int | None = None  # members timed by one-at-a-time methods (the rate is per member)
     needs_cuda: bool = False
+    on_request: bool = False  # only with --workload NAME or all (real weights: minutes to load and run)
     batch_size: int = 256  # rows per forward (eval.batch_size): lowrank stacks as many whole members as fit
     model: str | None = None   # a conf/model/*.yaml to load through esft (real weights) instead of `shape`
     preset: str | None = None  # a conf/experiment/*.yaml whose task, sigma, alpha and AWD lambda are used
@@ -99,7 +100,7 @@ WORKLOADS = {
                        repeats=1, warmup=False, sequential_members=10, needs_cuda=True, batch_size=30 * 64),
     "smollm2": Workload("smollm2", {}, 0, population=8, prompts=16, new_tokens=16, exact=False, repeats=2,
                         warmup=False, model="smollm2-135m", preset="smollm2_cpu", sigma=1e-3, alpha=5e-4,
-                        awd_lambda=10.0),
+                        awd_lambda=10.0, on_request=True),
 }
 
 
@@ -402,7 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
-    names = {"auto": [n for n, w in WORKLOADS.items() if device.type == "cuda" or not w.needs_cuda],
+    names = {"auto": [n for n, w in WORKLOADS.items() if (device.type == "cuda" or not w.needs_cuda)
+                      and not w.on_request],
              "all": list(WORKLOADS)}.get(args.workload, [args.workload])
     methods = [m for m in args.methods.split(",") if m]
     for required in ("reference", "inplace", "lowrank", "lowrank-frozen", "inference-seq", "inference-batched"):

@@ -105,6 +105,7 @@ def test_bench_es_real_model_workload_uses_the_preset_task(monkeypatch, capsys):
     from tests.models.test_llama_path import llama_policy
 
     monkeypatch.setattr(bench, "load_model_policy", lambda w, device: llama_policy())
+    assert bench.WORKLOADS["smollm2"].on_request  # real weights: never part of the default (auto) run
     smol = replace(bench.WORKLOADS["smollm2"], population=4, prompts=3, new_tokens=3, repeats=1)
     monkeypatch.setattr(bench, "WORKLOADS", {"smollm2": smol})
     previous = torch.get_num_threads()
