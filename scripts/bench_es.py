@@ -145,7 +145,7 @@ def _conf(group: str, name: str) -> dict:
 def load_model_policy(w: Workload, device: torch.device) -> Policy:
     """A real model the way `esft train model=NAME` loads it (for smollm2: the packaged GGUF's cached
     conversion; the hub is not probed)."""
-    model_cfg = {**_conf("model", w.model), "device": str(device)}
+    model_cfg = {**_conf("model", w.model), "device": str(device), "dtype": str(w.dtype).replace("torch.", "")}
     if "gguf" in model_cfg:
         model_cfg["source"] = "gguf"
     return load_policy(model_cfg, log_fn=lambda text: print(text, file=sys.stderr, flush=True))
@@ -398,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default: per workload)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                        help="the model's dtype instead of the workload's (e.g. gen30m in bfloat16)")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -422,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         if w.needs_cuda and device.type != "cuda":
             log(f"skipping {name}: it needs a CUDA device")
             continue
-        w = replace(w, repeats=args.repeats or w.repeats)
+        w = replace(w, repeats=args.repeats or w.repeats, dtype=getattr(torch, args.dtype) if args.dtype else w.dtype)
         results.append(run_workload(w, device, methods, log))
         log("\n" + table(results[-1]) + "\n")
     headline = next((r for r in results if r["workload"] == "tiny"), results[0] if results else None)

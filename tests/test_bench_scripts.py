@@ -52,6 +52,19 @@ def test_bench_es_prints_the_headline_json(monkeypatch, capsys):
     assert workloads["gpu05b"]["methods"]["lowrank"]["members"] == 4
 
 
+def test_bench_es_dtype_overrides_the_workloads(monkeypatch, capsys):
+    bench = _load("bench_es")
+    tiny = replace(bench.WORKLOADS["tiny"], population=2, prompts=4, repeats=1)
+    monkeypatch.setattr(bench, "WORKLOADS", {"tiny": tiny})
+    previous = torch.get_num_threads()
+    try:
+        assert bench.main(["--workload", "tiny", "--threads", "1", "--dtype", "bfloat16", "--json"]) == 0
+    finally:
+        torch.set_num_threads(previous)
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["workloads"][0]
+    assert result["dtype"] == "bfloat16"
+
+
 def test_bench_es_refuses_an_unknown_workload():
     bench = _load("bench_es")
     with pytest.raises(SystemExit):
