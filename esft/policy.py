@@ -281,7 +281,9 @@ class Policy:
                             position_ids=option_positions, **{self._cache_argument(): cache}).logits
         self.counts.forward += int(mask.sum()) + int(option_mask.sum())
         first = torch.log_softmax(out.logits[:, -1].float(), -1)[owner].gather(1, option_ids[:, :1]).squeeze(1)
-        rest = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, option_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+        rest = torch.cat([  # a few rows at a time: log_softmax over the vocabulary would double the logits' memory
+            torch.log_softmax(logits[i:i + 8, :-1].float(), -1).gather(-1, option_ids[i:i + 8, 1:].unsqueeze(-1))
+            .squeeze(-1) for i in range(0, len(rows), 8)])
         totals = (first + torch.where(option_mask[:, 1:].bool(), rest, 0.0).sum(-1)).tolist()  # padding adds 0
         grouped, offset = [], 0
         for choices in continuations:

@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             correct = metrics[metric]
             base.setdefault(name, correct)
             diff = correct - base[name]
-            row["tasks"][name] = {"accuracy": float(correct.mean()), "drop": float(-diff.mean()),
+            row["tasks"][name] = {"accuracy": float(correct.mean()), "drop": float(-diff.mean()) + 0.0,  # no "-0.0"
                                   "drop_se": float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else 0.0,
                                   **{key: float(values.mean()) for key, values in metrics.items()}}
         row["seconds"] = time.perf_counter() - began
