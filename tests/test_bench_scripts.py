@@ -27,6 +27,16 @@ def _load(name: str):
     return module
 
 
+def _main_json(script, argv: list[str], capsys) -> dict:
+    """Run a script's main (restoring torch's thread count, which the scripts set) and parse its last line."""
+    previous = torch.get_num_threads()
+    try:
+        assert script.main(argv) == 0
+    finally:
+        torch.set_num_threads(previous)
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
 def test_bench_es_prints_the_headline_json(monkeypatch, capsys):
     bench = _load("bench_es")
     small = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
@@ -37,12 +47,7 @@ def test_bench_es_prints_the_headline_json(monkeypatch, capsys):
                        population=4, prompts=4, new_tokens=4, sequential_members=2, needs_cuda=False,
                        batch_size=16)
     monkeypatch.setattr(bench, "WORKLOADS", {"tiny": tiny, "gpu05b": gpu_like})
-    previous = torch.get_num_threads()
-    try:
-        assert bench.main(["--workload", "all", "--threads", "1", "--json"]) == 0
-    finally:
-        torch.set_num_threads(previous)
-    headline = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    headline = _main_json(bench, ["--workload", "all", "--threads", "1", "--json"], capsys)
     for key in ("speedup_vs_reference", "fraction_of_inference", "peak_rss_mb"):
         assert headline[key] > 0, key
     assert headline["headline_workload"] == "tiny"
@@ -56,12 +61,8 @@ def test_bench_es_dtype_overrides_the_workloads(monkeypatch, capsys):
     bench = _load("bench_es")
     tiny = replace(bench.WORKLOADS["tiny"], population=2, prompts=4, repeats=1)
     monkeypatch.setattr(bench, "WORKLOADS", {"tiny": tiny})
-    previous = torch.get_num_threads()
-    try:
-        assert bench.main(["--workload", "tiny", "--threads", "1", "--dtype", "bfloat16", "--json"]) == 0
-    finally:
-        torch.set_num_threads(previous)
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["workloads"][0]
+    result = _main_json(bench, ["--workload", "tiny", "--threads", "1", "--dtype", "bfloat16", "--json"], capsys)
+    result = result["workloads"][0]
     assert result["dtype"] == "bfloat16"
 
 
@@ -77,12 +78,7 @@ def test_bench_noise_times_chunked_and_unchunked_draws(monkeypatch, capsys):
     small = ({"architecture": "qwen2", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
               "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 64}, 258)
     monkeypatch.setattr(bench, "SHAPES", {"small": small})
-    previous = torch.get_num_threads()
-    try:
-        assert bench.main(["--model", "small", "--threads", "2", "--repeats", "1", "--json"]) == 0
-    finally:
-        torch.set_num_threads(previous)
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    result = _main_json(bench, ["--model", "small", "--threads", "2", "--repeats", "1", "--json"], capsys)
     assert result["numel"] == sum(bench.parameter_sizes("small"))
     assert set(result["seconds_per_draw"]) == {"chunked, 1 thread", "chunked, 2 threads", "unchunked, 1 thread",
                                                "unchunked, 2 threads"}
@@ -121,12 +117,7 @@ def test_bench_es_real_model_workload_uses_the_preset_task(monkeypatch, capsys):
     assert bench.WORKLOADS["smollm2"].on_request  # real weights: never part of the default (auto) run
     smol = replace(bench.WORKLOADS["smollm2"], population=4, prompts=3, new_tokens=3, repeats=1)
     monkeypatch.setattr(bench, "WORKLOADS", {"smollm2": smol})
-    previous = torch.get_num_threads()
-    try:
-        assert bench.main(["--workload", "smollm2", "--threads", "1", "--json"]) == 0
-    finally:
-        torch.set_num_threads(previous)
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["workloads"][0]
+    result = _main_json(bench, ["--workload", "smollm2", "--threads", "1", "--json"], capsys)["workloads"][0]
     assert result["workload"] == "smollm2" and result["prompts"] == 3
     assert set(result["methods"]) >= {"reference", "inplace", "lowrank", "inference-seq", "inference-batched"}
     task = bench.build_task(smol, llama_policy())
@@ -148,9 +139,8 @@ def test_probe_prior_drift_scores_the_priors_along_one_ray(monkeypatch, capsys):
     before = [p.detach().clone() for p in policy.model.parameters()]
     monkeypatch.setattr(probe, "load_policy", lambda cfg, log_fn: policy)
     data = Path(__file__).parent / "data"
-    assert probe.main(["--data-dir", str(data), "--tasks", "piqa", "--n", "6", "--radii", "0,5,10",
-                       "--threads", "1", "--json"]) == 0
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    result = _main_json(probe, ["--data-dir", str(data), "--tasks", "piqa", "--n", "6", "--radii", "0,5,10",
+                                "--threads", "1", "--json"], capsys)
     rows = result["rows"]
     assert [r["radius"] for r in rows] == [0.0, 5.0, 10.0] and result["n"] == 6
     assert rows[0]["tasks"]["piqa"]["drop"] == 0.0
