@@ -281,9 +281,10 @@ class Policy:
                             position_ids=option_positions, **{self._cache_argument(): cache}).logits
         self.counts.forward += int(mask.sum()) + int(option_mask.sum())
         first = torch.log_softmax(out.logits[:, -1].float(), -1)[owner].gather(1, option_ids[:, :1]).squeeze(1)
-        rest = torch.cat([  # a few rows at a time: log_softmax over the vocabulary would double the logits' memory
-            torch.log_softmax(logits[i:i + 8, :-1].float(), -1).gather(-1, option_ids[i:i + 8, 1:].unsqueeze(-1))
-            .squeeze(-1) for i in range(0, len(rows), 8)])
+        step = LOG_SOFTMAX_ROWS
+        rest = torch.cat([
+            torch.log_softmax(logits[i:i + step, :-1].float(), -1).gather(-1, option_ids[i:i + step, 1:].unsqueeze(-1))
+            .squeeze(-1) for i in range(0, len(rows), step)])
         totals = (first + torch.where(option_mask[:, 1:].bool(), rest, 0.0).sum(-1)).tolist()  # padding adds 0
         grouped, offset = [], 0
         for choices in continuations:
@@ -451,6 +452,9 @@ class Policy:
 
 #: prompts and answers whose token ids a Policy keeps (a few MB for short prompts)
 TOKEN_CACHE_SIZE = 1 << 15
+#: options whose log-softmax over the vocabulary is taken at once under loglik scoring (bounds the extra memory
+#: to this many rows of logits instead of a second copy of all of them)
+LOG_SOFTMAX_ROWS = 8
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:

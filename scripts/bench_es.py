@@ -51,6 +51,7 @@ from esft.es.trainer import ESTrainer
 from esft.models.loading import load_policy
 from esft.models.tiny import _ARCHITECTURES, EOS_ID, PAD_ID, build_tokenizer, model_config
 from esft.policy import Policy
+from esft.resources import shipped_config
 from esft.tasks.arithmetic import Reverse
 from esft.tasks.base import Example, Task
 from esft.tasks.registry import build_task as build_registered_task
@@ -87,6 +88,17 @@ def _tiny_shape() -> dict:
     return {k: v for k, v in tiny.items() if k != "warmup"}
 
 
+def _preset_workload(name: str, model: str, preset: str, repeats: int) -> Workload:
+    """A real model on an experiment preset's work: its population, prompts per step, generation budget,
+    sigma, alpha and AWD lambda, read from the preset so the benchmark follows it."""
+    cfg = shipped_config("experiment", preset)
+    es, task = cfg["es"], cfg["task"]
+    return Workload(name, {}, 0, population=es["population_size"], prompts=es["prompts_per_step"],
+                    new_tokens=task["max_new_tokens"], exact=False, repeats=repeats, warmup=False, model=model,
+                    preset=preset, sigma=es["sigma"], alpha=es["alpha"], awd_lambda=cfg["awd"]["lambda"],
+                    on_request=True)
+
+
 WORKLOADS = {
     "tiny": Workload("tiny", _tiny_shape(), 258, population=16, prompts=128, new_tokens=3, exact=True, repeats=10),
     "gen30m": Workload("gen30m", {"architecture": "qwen2", "hidden_size": 512, "intermediate_size": 1536,
@@ -98,9 +110,7 @@ WORKLOADS = {
                                   "max_position_embeddings": 1024, "init_seed": 0},
                        151936, population=30, prompts=64, new_tokens=128, exact=False, dtype=torch.bfloat16,
                        repeats=1, warmup=False, sequential_members=10, needs_cuda=True, batch_size=30 * 64),
-    "smollm2": Workload("smollm2", {}, 0, population=8, prompts=16, new_tokens=16, exact=False, repeats=2,
-                        warmup=False, model="smollm2-135m", preset="smollm2_cpu", sigma=1e-3, alpha=5e-4,
-                        awd_lambda=10.0, on_request=True),
+    "smollm2": _preset_workload("smollm2", model="smollm2-135m", preset="smollm2_cpu", repeats=2),
 }
 
 
@@ -136,16 +146,10 @@ class PresetTask(BenchTask):
         return self.task.score(completion, example)
 
 
-def _conf(group: str, name: str) -> dict:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(OmegaConf.load(REPO / "conf" / group / f"{name}.yaml"), resolve=True)
-
-
 def load_model_policy(w: Workload, device: torch.device) -> Policy:
     """A real model the way `esft train model=NAME` loads it (for smollm2: the packaged GGUF's cached
     conversion; the hub is not probed)."""
-    model_cfg = {**_conf("model", w.model), "device": str(device), "dtype": str(w.dtype).replace("torch.", "")}
+    model_cfg = {**shipped_config("model", w.model), "device": str(device), "dtype": str(w.dtype).replace("torch.", "")}
     if "gguf" in model_cfg:
         model_cfg["source"] = "gguf"
     return load_policy(model_cfg, log_fn=lambda text: print(text, file=sys.stderr, flush=True))
@@ -164,7 +168,8 @@ def build_policy(w: Workload, device: torch.device) -> Policy:
 
 def build_task(w: Workload, policy: Policy) -> BenchTask:
     if w.preset:
-        return PresetTask(build_registered_task(_conf("experiment", w.preset)["task"]), w.prompts, w.new_tokens)
+        task = build_registered_task(shipped_config("experiment", w.preset)["task"])
+        return PresetTask(task, w.prompts, w.new_tokens)
     examples = list(Reverse().train_examples()[:w.prompts])
     if w.exact:
         answers = policy.generate([e.prompt for e in examples], w.new_tokens, batch_size=len(examples))

@@ -25,26 +25,21 @@ import math
 import os
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 
 from esft.evaluation.evaluator import loglik_metrics
 from esft.models.loading import load_policy
+from esft.resources import shipped_config
 from esft.tasks.registry import build_task
-
-REPO = Path(__file__).resolve().parents[1]
-
 
 def load_preset(name: str) -> dict:
     """The preset's own keys with its model group resolved (enough for this probe; no Hydra composition)."""
-    preset = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "experiment" / f"{name}.yaml"), resolve=True)
+    preset = shipped_config("experiment", name)
     model_name = next(d["override /model"] for d in preset["defaults"] if isinstance(d, dict) and
                       "override /model" in d)
-    model = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "model" / f"{model_name}.yaml"), resolve=True)
-    return {**preset, "model": model}
+    return {**preset, "model": shipped_config("model", model_name)}
 
 
 def es_steps_for(radius: float, alpha: float, population: int, parameters: int) -> float:
