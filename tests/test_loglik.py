@@ -12,7 +12,7 @@ import torch
 from support import micro_policy
 
 from esft.errors import EsftError
-from esft.evaluation.evaluator import Evaluator, loglik_metrics, resolve_scoring, score_examples
+from esft.evaluation.evaluator import Evaluator, correct_bits, loglik_metrics, resolve_scoring, score_examples
 from esft.policy import Policy, eos_ids, has_unique_tokenization
 from esft.tasks.base import Example, Task
 from esft.tasks.registry import build_task
@@ -98,6 +98,13 @@ def test_evaluator_records_the_scoring_and_both_metrics():
     assert plain["scoring"] == "generate" and "acc_norm" not in plain
     rows = Evaluator(policy, {"hand": task}, {}, loglik_metric="acc").evaluate()
     assert (rows[0]["scoring"], rows[0]["accuracy"]) == ("loglik_acc", 0.0)
+    assert rows[0]["correct"] == "0" and hand["correct"] == "1"  # each item's outcome, for paired drops
+
+
+def test_correct_bits_only_for_zero_one_outcomes():
+    assert correct_bits(np.array([1.0, 0.0, 1.0])) == "101"
+    assert correct_bits(np.array([1.0, 0.5])) is None  # a partial score cannot be paired as an outcome
+    assert correct_bits(np.array([])) is None
 
 
 def test_scoring_resolution():

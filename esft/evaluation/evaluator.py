@@ -105,6 +105,17 @@ def score_examples(policy: Policy, task: Task, examples: Sequence[Example], batc
     return Scored(accuracy, reward, completions)
 
 
+def correct_bits(values: np.ndarray) -> str | None:
+    """Per-item outcomes as a '0'/'1' string in eval order, or None when an item scored in between.
+
+    Why: the eval subset is fixed for the whole run, so two evals of a task score the same items, and a drop
+    between them can be tested *paired* (per-item differences) instead of as two independent proportions;
+    with a few hundred items the paired margin is several times tighter (drift-report's "paired 95%")."""
+    if not values.size or not np.all((values == 0.0) | (values == 1.0)):
+        return None
+    return "".join("1" if v else "0" for v in values.tolist())
+
+
 def resolve_scoring(task: Task, default: str) -> str:
     """A task's scoring: its own `scoring` option, else `default` (eval.scoring) where the task supports it.
 
@@ -161,5 +172,8 @@ class Evaluator:
             }
             for metric, values in scored.metrics.items():  # loglik: both of the harness's metrics
                 row[metric] = float(values.mean()) if values.size else float("nan")
+            bits = correct_bits(scored.accuracy)
+            if bits is not None:
+                row["correct"] = bits
             rows.append(row)
         return rows

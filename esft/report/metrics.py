@@ -19,6 +19,11 @@ that drift during earlier stages is not hidden behind the new stage's `start`:
   base                  accuracy at the task's first eval in the run (`base_step`, normally 0)
   max_drop_from_base    base - the lowest accuracy of the whole run (>= 0)
   final_drop_from_base  base - final
+and, where the evals rows carry each item's outcome (`correct`; every eval of a run scores the same fixed items):
+  max_drop_margin, final_drop_margin   the paired 95% margin of max_drop / final_drop: 1.96 sd(d) / sqrt(n)
+               over the per-item differences d_i = before_i - after_i (normal approximation). Most items keep
+               their outcome between two evals, so this is several times tighter than the margin of two
+               independent proportions and is the right test of "did this task drop?" for one run.
 Per run:
   new_task_gain   new task's final accuracy in the new stage minus its accuracy at the stage start
   GEM (Lopez-Paz & Ranzato 2017): R[i][j] = accuracy on curriculum task j at the `stage_end` eval of stage
@@ -57,6 +62,8 @@ Point = tuple[int, float]
 DRIFT_FIELDS = ("start", "min", "min_step", "final", "max_drop", "final_drop", "recovery", "area")
 #: the per-prior-task metrics measured from the run's first eval (the base model), beside the new-stage ones
 BASE_FIELDS = ("base", "max_drop_from_base", "final_drop_from_base")
+#: paired 95% margins of the new-stage drops, where evals rows carry per-item outcomes (`correct`)
+MARGIN_FIELDS = ("max_drop_margin", "final_drop_margin")
 LOGGED_COMPUTE = ("forward_tokens", "backward_tokens", "population_evals", "generated_tokens", "seconds")
 # compute_tokens = forward + 2 x backward tokens: proportional to training FLOPs (~2D per forward token,
 # ~4D per backward token), so ES (forward only) and GRPO/PPO (forward + backward) compare at equal compute.
@@ -125,6 +132,31 @@ def eval_curve(run: Run, task: str, stage: int | None = None) -> list[Point]:
     return sorted(points.items())
 
 
+def item_outcomes(run: Run, task: str, stage: int | None = None) -> dict[int, str]:
+    """{step: the row's per-item outcomes (`correct`, a 0/1 string)} of `task`; the later row of a step wins."""
+    out: dict[int, str] = {}
+    for row in run.evals:
+        bits, step = row.get("correct"), row.get("step")
+        if row.get("task") == task and isinstance(bits, str) and step is not None and stage in (None, row.get("stage")):
+            out[int(step)] = bits
+    return out
+
+
+def paired_margin(before: str | None, after: str | None) -> float | None:
+    """95% margin of the accuracy drop between two evals of the same items, from d_i = before_i - after_i:
+    1.96 * sd(d) / sqrt(n) (sample sd). None unless both outcome strings exist, match in length (n >= 2) and
+    hold only 0/1 -- outcomes of different item sets cannot be paired."""
+    if not before or not after or len(before) != len(after) or len(before) < 2:
+        return None
+    if not set(before) | set(after) <= {"0", "1"}:
+        return None
+    diffs = [int(b) - int(a) for b, a in zip(before, after)]
+    n = len(diffs)
+    mean = sum(diffs) / n
+    var = sum((d - mean) ** 2 for d in diffs) / (n - 1)
+    return 1.96 * math.sqrt(var / n)
+
+
 def drift(points: list[Point]) -> dict[str, Any] | None:
     """Drift metrics of one prior task over one stage; points[0] is the accuracy before the stage."""
     if not points:
@@ -167,6 +199,10 @@ def prior_drift(run: Run, task: str, new: dict[str, Any]) -> dict[str, Any] | No
     until = stage_points[-1][0]
     base = drift_from_base([p for p in eval_curve(run, task) if p[0] <= until])
     out.update(base or dict.fromkeys(("base", "base_step", *BASE_FIELDS[1:])))
+    outcomes = item_outcomes(run, task, new["index"])
+    before = outcomes.get(out["start_step"])
+    out["max_drop_margin"] = paired_margin(before, outcomes.get(out["min_step"]))
+    out["final_drop_margin"] = paired_margin(before, outcomes.get(out["final_step"]))
     return out
 
 
@@ -512,7 +548,8 @@ def group_summary(group: Group, per_run: list[dict[str, Any]], task: str | None 
         return sum(vals) / len(vals) if vals else None
 
     prior = {
-        t: {f: field(lambda m, t=t, f=f: m["prior"][t][f]) for f in (*DRIFT_FIELDS, *BASE_FIELDS)} for t in tasks
+        t: {f: field(lambda m, t=t, f=f: m["prior"][t][f]) for f in (*DRIFT_FIELDS, *BASE_FIELDS, *MARGIN_FIELDS)}
+        for t in tasks
     }
 
     return {

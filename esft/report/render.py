@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from esft.report.metrics import BASE_FIELDS, COMPUTE_FIELDS, DRIFT_FIELDS
+from esft.report.metrics import BASE_FIELDS, COMPUTE_FIELDS, DRIFT_FIELDS, MARGIN_FIELDS
 from esft.report.tables import TableData, all_tables, gem_table, lone_seed_note
 from esft.storage.rundir import finite_or_null
 
@@ -26,7 +26,8 @@ BUDGET_FIELDS = ("budget_steps_in_stage", "budget_new_task_gain", "budget_max_dr
 CSV_HEADER = ["level", "group", "run", "state", "seed", "new_task", "prior_task", "n",
               *(x for f in DRIFT_FIELDS for x in (f, f"{f}_std")), *(x for f in RUN_FIELDS for x in (f, f"{f}_std")),
               "budget_measure", "budget", *(x for f in BUDGET_FIELDS for x in (f, f"{f}_std")),
-              *(x for f in BASE_FIELDS for x in (f, f"{f}_std")), "scoring"]
+              *(x for f in BASE_FIELDS for x in (f, f"{f}_std")), "scoring",
+              *(x for f in MARGIN_FIELDS for x in (f, f"{f}_std"))]
 DEFINITIONS = [
     "**new stage**: the curriculum's last stage; its task is the new task, every other task "
     "(earlier curriculum tasks and eval-only tasks) is a prior task.",
@@ -38,6 +39,8 @@ DEFINITIONS = [
     "They show drift during earlier stages, which the new stage's **before** already includes.",
     "Units: accuracies in percent, drops, gains, area and BWT in percentage points (summary.json and "
     "summary.csv hold fractions of 1).",
+    "**95% (paired)**: one run's sampling margin of a drop, 1.96 sd(d)/sqrt(n) over the per-item differences "
+    "d = before - after on the same eval items (evals.jsonl `correct`); shown where the rows carry them.",
     "**area** = trapezoid integral of max(0, before - accuracy) over the stage's eval steps, divided by the "
     "steps covered: the mean drop over the stage, in accuracy units.",
     "**new-task gain** = the new task's final accuracy minus its accuracy at the stage start.",
@@ -88,7 +91,7 @@ def csv_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
         for task in g["prior"] or [None]:
             row = dict(base, prior_task=task, **_budget_values(summary.get("equal_budget"), g["label"], task),
                        scoring=g.get("scoring", {}).get(task) if task else None)
-            for f in (*DRIFT_FIELDS, *BASE_FIELDS) if task else ():
+            for f in (*DRIFT_FIELDS, *BASE_FIELDS, *MARGIN_FIELDS) if task else ():
                 agg = g["prior"][task].get(f) or {}
                 row[f], row[f"{f}_std"] = agg.get("mean"), agg.get("std")
             rows.append(row)
@@ -98,7 +101,7 @@ def csv_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
         for task in r["prior"] or [None]:
             drift = (r["prior"].get(task) or {}) if task else {}
             rows.append(dict(base, prior_task=task, scoring=r.get("scoring", {}).get(task) if task else None,
-                             **{f: drift.get(f) for f in (*DRIFT_FIELDS, *BASE_FIELDS)}))
+                             **{f: drift.get(f) for f in (*DRIFT_FIELDS, *BASE_FIELDS, *MARGIN_FIELDS)}))
     return rows
 
 

@@ -107,10 +107,19 @@ def _scoring_note(summary: dict[str, Any], new_task: bool) -> list[str]:
     return [f"new task {task} scored by: {mode}" for task, mode in modes.items()]
 
 
+def fmt_margin(agg: dict[str, Any] | None) -> str:
+    """A paired 95% margin (mean over the seeds that have one) as '± x.x' percentage points."""
+    if not agg or agg.get("n", 0) == 0:
+        return MISSING
+    return f"± {fmt_pct_num(agg['mean'])}"
+
+
 def drift_table(summary: dict[str, Any]) -> TableData:
     scored = any(t in g.get("scoring", {}) for g in summary["groups"] for t in g["prior"])
+    paired = any((d.get("final_drop_margin") or {}).get("n") for g in summary["groups"] for d in g["prior"].values())
     headers = ["group", "prior task", "n", "base", "before", "min @ step", "final", "max drop",
-               "max drop (base)", "final drop", "final drop (base)", "recovery", "area", *(["scoring"] * scored)]
+               "max drop (base)", "final drop", "final drop (base)", "recovery", "area",
+               *(["max drop 95% (paired)", "final drop 95% (paired)"] * paired), *(["scoring"] * scored)]
     rows = []
     for g in summary["groups"]:
         for task, d in g["prior"].items():
@@ -120,6 +129,7 @@ def drift_table(summary: dict[str, Any]) -> TableData:
                          fmt_pct(d["start"]), fmt_pct(d["min"]) + at, fmt_pct(d["final"]), fmt_pct(d["max_drop"]),
                          fmt_pct(d.get("max_drop_from_base", {})), fmt_pct(d["final_drop"]),
                          fmt_pct(d.get("final_drop_from_base", {})), fmt_pct(d["recovery"]), fmt_pct(d["area"]),
+                         *([fmt_margin(d.get("max_drop_margin")), fmt_margin(d.get("final_drop_margin"))] * paired),
                          *([g.get("scoring", {}).get(task, MISSING)] * scored)])
     notes = ["accuracies in %, drops in percentage points. Over the new stage: before = accuracy at its start; "
              "max drop = before - min; final drop = before - final; recovery = final - min; area = mean of "
@@ -127,6 +137,9 @@ def drift_table(summary: dict[str, Any]) -> TableData:
              "(base): from the run's first eval of the task (the base model, before any stage): base - lowest "
              "accuracy of the whole run, base - final; drift in earlier stages shows here, not in the new stage's",
              *lone_seed_note(summary)]
+    if paired:
+        notes.append("95% (paired): 1.96 sd(d)/sqrt(n) over the per-item differences d = before - after of the "
+                     "same eval items (one run's sampling margin of that drop; the mean over seeds that have one)")
     if scored:
         notes.append("scoring: how the evals scored the task (loglik: answer options ranked by log-likelihood; "
                      "generate: generated text matched)")

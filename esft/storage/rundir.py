@@ -10,7 +10,9 @@ Everything a run knows ends up here; `esft drift-report` reads nothing else. Fil
                            reward_mean/std/min/max, theta_dist, update_norm, skipped, seconds, and the compute
                            counters forward_tokens, backward_tokens, generated_tokens, population_evals, peak_rss_mb
     evals.jsonl            (pinned) one row per checkpoint and task: step, stage, task, accuracy, reward, n,
-                           event (stage_start | periodic | stage_end), role (curriculum | eval_only)
+                           event (stage_start | periodic | stage_end), role (curriculum | eval_only);
+                           also scoring, and `correct` (each item's 0/1 outcome in eval order, when every item
+                           scored 0 or 1: drift-report's paired margins)
     diagnostics.jsonl      one row per checkpoint: step, stage, theta_dist, per-layer distances
     es_updates.jsonl       the ES replay log: per step the member seeds, coefficients, alpha, sigma, AWD settings
     checkpoints/step_XXXXXXX/   master weights (safetensors) + trainer state; `checkpoints/latest` names the newest

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from esft.errors import EsftError
 from esft.report.grouping import differing_keys, flatten, group_runs
 from esft.report.load import load_run, load_runs
-from esft.report.metrics import aggregate, drift, predicted_theta, run_metrics, summarize
+from esft.report.metrics import aggregate, drift, paired_margin, predicted_theta, run_metrics, summarize
 from esft.storage.rundir import EVALS_FILE, METRICS_FILE
 
 approx = pytest.approx
@@ -38,6 +39,31 @@ def test_drift_edge_cases() -> None:
     tied = drift([(0, 0.6), (1, 0.4), (4, 0.4)])
     assert tied["min_step"] == 1
     assert tied["area"] == approx((1 * 0.2 / 2 + 3 * 0.2) / 4)
+
+
+def test_paired_margin_by_hand() -> None:
+    # d = before - after = [1, 0, 0, 0]: mean 0.25, sample variance (0.75^2 + 3 * 0.25^2) / 3 = 0.25
+    assert paired_margin("1111", "0111") == approx(1.96 * math.sqrt(0.25 / 4))
+    assert paired_margin("1010", "1010") == 0.0  # no item changed its outcome
+    assert paired_margin("101", "1010") is None  # different item sets cannot be paired
+    assert paired_margin(None, "1") is None and paired_margin("1", "0") is None  # n < 2
+    assert paired_margin("1x", "10") is None
+
+
+def test_prior_drift_carries_paired_margins_where_rows_have_outcomes(make_run) -> None:
+    run_dir = make_run()
+    rows = [json.loads(line) for line in (run_dir / EVALS_FILE).read_text().splitlines()]
+    # subtract over the new stage (0.8, 0.7, 0.7, 0.8 at steps 4-10) as 10 items; min first at step 6
+    outcomes = {4: "1111111100", 6: "0111111100", 8: "1011111100", 10: "1111111100"}
+    for row in rows:
+        if row["task"] == "subtract" and row["step"] in outcomes:
+            row["correct"] = outcomes[row["step"]]
+    (run_dir / EVALS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    sub = run_metrics(load_run(run_dir))["prior"]["subtract"]
+    # max drop (4 -> 6): d has one 1 among 10: mean 0.1, variance (0.81 + 9 * 0.01) / 9 = 0.1
+    assert sub["max_drop_margin"] == approx(1.96 * math.sqrt(0.1 / 10))
+    assert sub["final_drop_margin"] == 0.0
+    assert run_metrics(load_run(make_run("plain")))["prior"]["subtract"]["final_drop_margin"] is None
 
 
 def test_run_metrics_two_stage_curriculum(make_run) -> None:

@@ -284,3 +284,20 @@ def test_scoring_mode_is_a_column_only_when_logged(make_run, tmp_path: Path) -> 
     csv_rows = list(csv.DictReader((tmp_path / "scored" / "summary.csv").open()))
     assert {r["prior_task"]: r["scoring"] for r in csv_rows if r["level"] == "run"} == {"add": "generate",
                                                                                         "subtract": "loglik"}
+
+
+def test_paired_margins_are_columns_only_when_evals_carry_outcomes(make_run, tmp_path: Path) -> None:
+    run = make_run("r")
+    code, stdout = report([run], tmp_path / "plain")
+    assert code == 0 and "(paired)" not in stdout
+    rows = [json.loads(line) for line in (run / EVALS_FILE).read_text().splitlines()]
+    for row in rows:  # subtract: 0.8 at the new stage's start (step 4), 0.8 at its end: two items swap
+        if row["task"] == "subtract" and row["step"] in (4, 10):
+            row["correct"] = "1111111100" if row["step"] == 4 else "0111111110"
+    (run / EVALS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, stdout = report([run], tmp_path / "paired")
+    assert code == 0 and "final drop 95% (paired)" in stdout
+    csv_rows = list(csv.DictReader((tmp_path / "paired" / "summary.csv").open()))
+    margins = {r["prior_task"]: r["final_drop_margin"] for r in csv_rows if r["level"] == "run"}
+    # d = [1, 0 x 7, -1, 0]: mean 0, sample variance 2/9
+    assert margins["add"] == "" and float(margins["subtract"]) == pytest.approx(1.96 * (2 / 9 / 10) ** 0.5)
