@@ -9,7 +9,13 @@ import torch
 
 import esft.storage.checkpoint as checkpoint
 from esft.errors import EsftError
-from esft.storage.checkpoint import CorruptCheckpoint, latest_checkpoint, load_checkpoint, save_checkpoint
+from esft.storage.checkpoint import (
+    CorruptCheckpoint,
+    file_sha256,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 
 def test_round_trip_and_pruning(tmp_path):
@@ -17,7 +23,9 @@ def test_round_trip_and_pruning(tmp_path):
         save_checkpoint(tmp_path, step, {"master": torch.full((4,), float(step))}, {"stage": 0}, keep=2)
     assert sorted(p.name for p in tmp_path.glob("step_*")) == ["step_0000002", "step_0000003"]
     tensors, state = load_checkpoint(latest_checkpoint(tmp_path))
-    assert state == {"stage": 0, "step": 3} and torch.equal(tensors["master"], torch.full((4,), 3.0))
+    digest = file_sha256(latest_checkpoint(tmp_path) / "weights.safetensors")
+    assert state == {"stage": 0, "step": 3, "weights_sha256": digest}
+    assert torch.equal(tensors["master"], torch.full((4,), 3.0))
 
 
 def test_disk_full_during_a_write_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
@@ -71,3 +79,9 @@ def test_disk_full_raised_by_safetensors_itself_is_recognised(tmp_path, monkeypa
     assert write_failure(info.value) == ("disk_full", None)
     assert latest_checkpoint(tmp_path).name == "step_0000001"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_checkpoint_saved_before_checksums_were_recorded_still_loads(tmp_path):
+    path = save_checkpoint(tmp_path, 1, {"master": torch.ones(4)}, {"stage": 0})
+    (path / "state.json").write_text('{"stage": 0, "step": 1}')  # what a save wrote before 2026-12-02
+    assert torch.equal(load_checkpoint(path)[0]["master"], torch.ones(4))

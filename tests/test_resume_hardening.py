@@ -80,6 +80,14 @@ def _state(text: str | bytes) -> Callable[[Path], None]:
     return damage
 
 
+def _flip_last_byte(path: Path) -> None:
+    """Damage the last byte of tensor data: the file still parses and has every byte, only a value changed."""
+    weights = path / "weights.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01
+    weights.write_bytes(bytes(data))
+
+
 def _weights(tensors: dict[str, torch.Tensor]) -> Callable[[Path], None]:
     return lambda path: save_file(tensors, str(path / "weights.safetensors"))
 
@@ -104,6 +112,9 @@ CORRUPT_NEWEST: dict[str, Callable[[Path], None]] = {
     "missing master tensor": _weights({"anchor": torch.zeros(D)}),
     "master is a matrix": _weights({"master": torch.zeros(2, D // 2)}),
     "empty checkpoint dir": lambda p: [f.unlink() for f in list(p.iterdir())],
+    "a flipped bit in the tensor data": _flip_last_byte,
+    "state.json checksum of another file": _state('{"step": 12, "stage": 0, "weights_sha256": "' + "0" * 64 + '"}'),
+    "state.json checksum not a string": _state('{"step": 12, "stage": 0, "weights_sha256": 12}'),
 }
 
 

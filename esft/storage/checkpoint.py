@@ -6,11 +6,15 @@ is replaced atomically afterwards, so a run killed at any moment leaves the prev
 
 Resuming trusts nothing on disk: `find_resumable` reads and verifies the newest checkpoint and, if it is
 corrupt (a disk error, a copy cut short, a hand edit), moves it aside and falls back to the next older one,
-so a run never restarts from step 0 while a complete checkpoint exists.
+so a run never restarts from step 0 while a complete checkpoint exists. state.json records the sha256 of the
+weights file as written (`weights_sha256`): safetensors only checks that the header's offsets fit the file,
+so a flipped bit inside the tensor data (a disk, a copy, an rsync onto a changed file) would otherwise resume
+silently from wrong weights and break the run's bit-identical replay without a word.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -33,6 +37,13 @@ from esft.storage.rundir import write_json_atomic
 WEIGHTS = "weights.safetensors"
 STATE = "state.json"
 LATEST = "latest"
+CHECKSUM = "weights_sha256"  # state.json key: sha256 of weights.safetensors as saved
+
+
+def file_sha256(path: Path) -> str:
+    """Streaming sha256 of a file (a SmolLM2 checkpoint is ~1 GB: never read whole into memory)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def checkpoint_name(step: int) -> str:
@@ -46,7 +57,7 @@ def save_checkpoint(root: Path, step: int, tensors: dict[str, torch.Tensor], sta
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
     try:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(staging / WEIGHTS))
-        write_json_atomic(staging / STATE, {**state, "step": step})
+        write_json_atomic(staging / STATE, {**state, "step": step, CHECKSUM: file_sha256(staging / WEIGHTS)})
         fault_point("checkpoint", step)
         os.chmod(staging, 0o755)
         if final.exists():
@@ -155,7 +166,8 @@ def load_checkpoint(path: Path, num_parameters: int | None = None) -> tuple[dict
 
     Checked: the safetensors file parses and every tensor's bytes are present (safetensors compares the header's
     offsets with the file size), a 1-D `master` tensor exists, state.json is an object whose integer `step` is
-    the one in the dir name and whose `stage` is a non-negative integer. `num_parameters`, when given, must
+    the one in the dir name and whose `stage` is a non-negative integer, and the file's sha256 is the one the
+    save recorded (when recorded). `num_parameters`, when given, must
     match `master`: a readable checkpoint of another size is a different model, not corruption, so that is a
     plain EsftError and the checkpoint is left alone.
     """
@@ -168,7 +180,7 @@ def load_checkpoint(path: Path, num_parameters: int | None = None) -> tuple[dict
             state = json.load(handle)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
         raise CorruptCheckpoint(f"corrupt checkpoint {path}: {STATE}: {_first_line(exc)}") from None
-    problem = _state_problem(path, state) or _tensor_problem(tensors)
+    problem = _state_problem(path, state) or _tensor_problem(tensors) or _checksum_problem(path, state)
     if problem:
         raise CorruptCheckpoint(f"corrupt checkpoint {path}: {problem}")
     if num_parameters is not None and tensors["master"].numel() != num_parameters:
@@ -188,6 +200,22 @@ def _state_problem(path: Path, state: Any) -> str | None:
     named = checkpoint_step(path)
     if named is not None and named != step:
         return f"{STATE} says step {step} but the dir is {path.name}"
+    return None
+
+
+def _checksum_problem(path: Path, state: dict[str, Any]) -> str | None:
+    """The weights file against the sha256 its save recorded; checkpoints written before it was recorded pass."""
+    expected = state.get(CHECKSUM)
+    if expected is None:
+        return None
+    if not isinstance(expected, str):
+        return f"{STATE} has no valid {CHECKSUM} ({expected!r})"
+    try:
+        actual = file_sha256(path / WEIGHTS)
+    except OSError as exc:
+        return f"{WEIGHTS}: {_first_line(exc)}"
+    if actual != expected:
+        return f"{WEIGHTS} does not match the sha256 its save recorded (the file changed after it was written)"
     return None
 
 
