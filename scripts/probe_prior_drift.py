@@ -15,6 +15,13 @@ drop can show at all -- a check that costs minutes instead of the hours of a ful
 
 The direction is one seeded draw, rescaled to each radius (a ray), so the curve is smooth in r; a different
 --seed gives a different ray.
+
+`--models RUN_DIR,...` scores trained models on the same items, each paired against theta0 and placed at its
+own measured |theta - theta0|: does a trained walk cost a prior task more than a random one of the same length
+(forgetting along directions that matter), or the same (drift)? It also gives paired margins to runs whose
+evals.jsonl rows predate per-item outcomes (`correct`).
+
+    python scripts/probe_prior_drift.py --data-dir DATA --tasks piqa --n 300 --radii 0 --models RUN1,RUN2
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import time
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
 from esft.evaluation.evaluator import loglik_metrics
 from esft.models.loading import load_policy
@@ -56,6 +64,28 @@ def displace(params: list[torch.Tensor], theta0: list[torch.Tensor], direction: 
         p.copy_(p0).add_(d, alpha=radius)
 
 
+@torch.no_grad()
+def load_trained(model: torch.nn.Module, path: str) -> None:
+    """Copy a run's final_model/ (or a save_pretrained dir) into `model`, by parameter name. Tied weights are
+    saved once, so a name missing from the file must be tied to one that is present (checked, not assumed)."""
+    folder = os.path.join(path, "final_model") if os.path.isdir(os.path.join(path, "final_model")) else path
+    state = load_file(os.path.join(folder, "model.safetensors"))
+    seen = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if name in state:
+            param.copy_(state[name].to(param.dtype))
+            seen[param.data_ptr()] = name
+    missing = [n for n, p in model.named_parameters(remove_duplicate=False) if n not in state
+               and p.data_ptr() not in seen]
+    if missing:
+        raise SystemExit(f"{folder}: no weights for {', '.join(missing[:3])}: not a model of this preset")
+
+
+@torch.no_grad()
+def distance(params: list[torch.Tensor], theta0: list[torch.Tensor]) -> float:
+    return math.sqrt(sum(float((p.double() - p0.double()).pow(2).sum()) for p, p0 in zip(params, theta0)))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="smollm2_cpu", help="conf/experiment/NAME.yaml: model, priors, ES")
@@ -65,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", default=None, help="comma-separated subset of the preset's eval.tasks")
     parser.add_argument("--seed", type=int, default=0, help="the direction's seed")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--models", default=None, help="comma-separated run dirs (their final_model/) to score "
+                        "against theta0 at their own |theta - theta0|; the radii must start with 0")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -89,12 +121,21 @@ def main(argv: list[str] | None = None) -> int:
     es = preset["es"]
     log(f"{parameters / 1e6:.1f}M parameters, |theta0| = {theta0_norm:.1f}; priors {list(tasks)} with n={args.n}")
 
+    radii = [float(r) for r in args.radii.split(",")]
+    models = args.models.split(",") if args.models else []
+    if models and radii[0] != 0.0:
+        parser.error("--models needs the radii to start with 0 (theta0: what each model is paired against)")
     base: dict[str, np.ndarray] = {}
     rows = []
-    for radius in [float(r) for r in args.radii.split(",")]:
-        displace(params, theta0, direction, radius)
+    for point in [*radii, *models]:
+        if isinstance(point, float):
+            displace(params, theta0, direction, point)
+            radius = point
+        else:
+            load_trained(policy.model, point)
+            radius = distance(params, theta0)
         began = time.perf_counter()
-        row = {"radius": radius, "relative": radius / theta0_norm,
+        row = {"radius": radius, "relative": radius / theta0_norm, "model": None if isinstance(point, float) else point,
                "plain_es_steps": es_steps_for(radius, es["alpha"], es["population_size"], parameters), "tasks": {}}
         for name, task in tasks.items():
             metrics = loglik_metrics(policy, task, examples[name])
@@ -106,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
                                   **{key: float(values.mean()) for key, values in metrics.items()}}
         row["seconds"] = time.perf_counter() - began
         rows.append(row)
-        log(f"r={radius:g} ({row['relative']:.2%} of |theta0|, ~{row['plain_es_steps']:.0f} plain-ES steps): " +
+        where = f"{point}: " if row["model"] else ""
+        log(f"{where}r={radius:g} ({row['relative']:.2%} of |theta0|, ~{row['plain_es_steps']:.0f} plain-ES steps): " +
             ", ".join(f"{n} {v['accuracy']:.1%} (drop {v['drop']:+.1%} +- {1.96 * v['drop_se']:.1%})"
                       for n, v in row["tasks"].items()) + f"  [{row['seconds']:.0f} s]")
     displace(params, theta0, direction, 0.0)
@@ -116,7 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|" + "---|" * len(tasks))
     for row in rows:
         cells = [f"{v['accuracy']:.1%} ({v['drop']:+.1%} ± {1.96 * v['drop_se']:.1%})" for v in row["tasks"].values()]
-        lead = f"| {row['radius']:g} | {row['relative']:.2%} | {row['plain_es_steps']:.0f} | "
+        label = f"{row['radius']:g}"
+        if row["model"]:
+            label = f"{row['radius']:.4g} ({os.path.basename(row['model'].rstrip('/'))})"
+        lead = f"| {label} | {row['relative']:.2%} | {row['plain_es_steps']:.0f} | "
         print(lead + " | ".join(cells) + " |")
     if args.json:
         print(json.dumps({"preset": args.preset, "n": args.n, "metric": metric, "parameters": parameters,

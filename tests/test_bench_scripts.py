@@ -146,3 +146,37 @@ def test_probe_prior_drift_scores_the_priors_along_one_ray(monkeypatch, capsys):
     assert rows[0]["tasks"]["piqa"]["drop"] == 0.0
     assert rows[2]["plain_es_steps"] == pytest.approx(4 * rows[1]["plain_es_steps"])
     assert all(torch.equal(a, b) for a, b in zip(before, policy.model.parameters()))
+
+
+def test_probe_prior_drift_places_trained_models_at_their_own_distance(monkeypatch, capsys, tmp_path):
+    """--models: a saved model (here theta0 moved by a known vector) is scored paired against theta0 at its
+    measured |theta - theta0|; a folder of another model is one clear error."""
+    probe = _load("probe_prior_drift")
+    from esft.models.tiny import build_model, build_tokenizer
+    from esft.policy import Policy
+    from tests.models.test_llama_path import SMOL_SHAPED
+
+    tokenizer = build_tokenizer()
+    model = build_model({**SMOL_SHAPED, "max_position_embeddings": 1024}, len(tokenizer))
+    policy = Policy(model, tokenizer, torch.device("cpu"), use_chat_template=False)
+    before = [p.detach().clone() for p in model.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01)
+    expected = sum(p.numel() for p in model.parameters()) ** 0.5 * 0.01
+    (tmp_path / "run" / "final_model").mkdir(parents=True)
+    model.save_pretrained(tmp_path / "run" / "final_model")
+    with torch.no_grad():
+        for p, p0 in zip(model.parameters(), before):
+            p.copy_(p0)
+    monkeypatch.setattr(probe, "load_policy", lambda cfg, log_fn: policy)
+    data = Path(__file__).parent / "data"
+    args = ["--data-dir", str(data), "--tasks", "piqa", "--n", "6", "--threads", "1", "--json"]
+    rows = _main_json(probe, [*args, "--radii", "0", "--models", str(tmp_path / "run")], capsys)["rows"]
+    assert rows[1]["model"] == str(tmp_path / "run") and rows[1]["radius"] == pytest.approx(expected, rel=1e-4)
+    assert rows[0]["tasks"]["piqa"]["drop"] == 0.0 and "drop_se" in rows[1]["tasks"]["piqa"]
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # back at theta0
+    other = build_model({**SMOL_SHAPED, "num_hidden_layers": 1}, len(tokenizer))
+    other.save_pretrained(tmp_path / "other")
+    with pytest.raises(SystemExit, match="no weights for"):
+        probe.main([*args, "--radii", "0", "--models", str(tmp_path / "other")])
