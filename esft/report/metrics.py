@@ -52,6 +52,7 @@ Across groups:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 from esft.report.grouping import Group, format_value
@@ -121,25 +122,24 @@ def prior_tasks(run: Run, stage_list: list[dict[str, Any]]) -> list[str]:
     return [t for i, t in enumerate(ordered) if t != new and t not in ordered[:i]]
 
 
+def _task_rows(run: Run, task: str, stage: int | None) -> Iterator[dict[str, Any]]:
+    """The evals rows of `task` that have a step (of `stage` only, when given), in file order."""
+    for row in run.evals:
+        if row.get("task") == task and row.get("step") is not None and stage in (None, row.get("stage")):
+            yield row
+
+
 def eval_curve(run: Run, task: str, stage: int | None = None) -> list[Point]:
     """(step, accuracy) of `task`, sorted, one point per step (the later row wins), rows without one dropped."""
-    points: dict[int, float] = {}
-    for row in run.evals:
-        if row.get("task") != task or row.get("accuracy") is None or row.get("step") is None:
-            continue
-        if stage is None or row.get("stage") == stage:
-            points[int(row["step"])] = float(row["accuracy"])
+    points = {int(row["step"]): float(row["accuracy"]) for row in _task_rows(run, task, stage)
+              if row.get("accuracy") is not None}
     return sorted(points.items())
 
 
 def item_outcomes(run: Run, task: str, stage: int | None = None) -> dict[int, str]:
     """{step: the row's per-item outcomes (`correct`, a 0/1 string)} of `task`; the later row of a step wins."""
-    out: dict[int, str] = {}
-    for row in run.evals:
-        bits, step = row.get("correct"), row.get("step")
-        if row.get("task") == task and isinstance(bits, str) and step is not None and stage in (None, row.get("stage")):
-            out[int(step)] = bits
-    return out
+    return {int(row["step"]): row["correct"] for row in _task_rows(run, task, stage)
+            if isinstance(row.get("correct"), str)}
 
 
 def paired_margin(before: str | None, after: str | None) -> float | None:
